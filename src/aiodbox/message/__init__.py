@@ -1,0 +1,1 @@
+"""Sans-IO message parsing: MIME structure, ENVELOPE/BODYSTRUCTURE, decoding, search."""
