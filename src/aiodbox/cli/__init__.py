@@ -1,0 +1,1 @@
+"""The ``aiodbox`` command line: one module per subcommand."""

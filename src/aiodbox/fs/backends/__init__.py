@@ -1,0 +1,1 @@
+"""FS backends: memory, posix (worker threads), uring, object store."""

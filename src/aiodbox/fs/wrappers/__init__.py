@@ -1,0 +1,1 @@
+"""Stackable FS wrappers: latency, randomfail, stats."""
