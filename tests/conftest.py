@@ -11,6 +11,7 @@ wherever it happens in the project.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -46,6 +47,11 @@ class _SlowCallbackCollector(logging.Handler):
 
 @pytest.fixture(autouse=True)
 def _fail_on_blocking_callbacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Objects that exist before the test (modules, fixtures' data) are moved out of the
+    # collector's reach: a full GC pass over the whole test process can take tens of
+    # milliseconds on a loaded machine and would be blamed on whichever callback it hit.
+    gc.collect()
+    gc.freeze()
     collector = _SlowCallbackCollector()
     log = logging.getLogger("asyncio")
     log.addHandler(collector)
