@@ -50,7 +50,6 @@ def _fail_on_blocking_callbacks(request: pytest.FixtureRequest) -> Iterator[None
     # Objects that exist before the test (modules, fixtures' data) are moved out of the
     # collector's reach: a full GC pass over the whole test process can take tens of
     # milliseconds on a loaded machine and would be blamed on whichever callback it hit.
-    gc.collect()
     gc.freeze()
     collector = _SlowCallbackCollector()
     log = logging.getLogger("asyncio")

@@ -89,3 +89,46 @@ __all__ = [
     "scan_v2",
     "scan_v3",
 ]
+
+# Async file access over the FS API (aiodbox.dbox.file).
+from aiodbox.dbox.file import (
+    AppendedRecord,
+    BodyStream,
+    DboxCorruptedError,
+    DboxError,
+    DboxMessage,
+    DboxReadOnlyError,
+    DboxWritten,
+    MdboxFile,
+    RecordAppender,
+    SdboxWriter,
+    create_mdbox_file,
+    create_sdbox,
+    open_mdbox_file,
+    open_mdbox_message,
+    open_sdbox_message,
+    read_file_header,
+    scan,
+    verify_body,
+)
+
+__all__ += [
+    "AppendedRecord",
+    "BodyStream",
+    "DboxCorruptedError",
+    "DboxError",
+    "DboxMessage",
+    "DboxReadOnlyError",
+    "DboxWritten",
+    "MdboxFile",
+    "RecordAppender",
+    "SdboxWriter",
+    "create_mdbox_file",
+    "create_sdbox",
+    "open_mdbox_file",
+    "open_mdbox_message",
+    "open_sdbox_message",
+    "read_file_header",
+    "scan",
+    "verify_body",
+]
