@@ -1,0 +1,1 @@
+"""IMAP4rev1 server: the sans-IO protocol core lives in :mod:`aiodbox.imap.protocol`."""
