@@ -1,0 +1,144 @@
+"""SQLite access that never runs on the event loop.
+
+Theory of operation
+-------------------
+Every SQLite call runs on a small process-wide pool of threads (``sqlite_pool()``, the
+same batched :class:`~aiodbox.fs.backends.workers.WorkerPool` the posix backend uses).
+A database has two connections: a writer and a reader.  Each connection runs one job at
+a time (an ``asyncio.Lock`` per connection), so a connection is never used by two threads
+at once; reads go on while a write is in progress (WAL mode).
+
+``write(fn)`` runs ``fn(conn)`` inside ``BEGIN IMMEDIATE`` … ``COMMIT``: across processes
+SQLite serialises writers, and a busy database is waited for in the worker thread
+(``busy_timeout``), never on the loop.  The change is visible to every reader, in this
+process and others, when ``write`` returns.  ``data_version()`` is the cheap way to notice
+that *another* connection (another process) committed something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from aiodbox.fs.backends.workers import WorkerPool
+from aiodbox.index.schema import migrate
+
+T = TypeVar("T")
+
+_POOL: WorkerPool | None = None
+_POOL_LOOP: asyncio.AbstractEventLoop | None = None
+BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_pool() -> WorkerPool:
+    """The process-wide pool of SQLite threads (one per event loop)."""
+    global _POOL, _POOL_LOOP
+    loop = asyncio.get_running_loop()
+    if _POOL is None or _POOL_LOOP is not loop or _POOL.closed:
+        if _POOL is not None:
+            _POOL.shutdown()
+        _POOL = WorkerPool(4, name="aiodbox-sqlite")
+        _POOL_LOOP = loop
+    return _POOL
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class IndexDB:
+    """One user's index database; see the module docstring."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._wlock = asyncio.Lock()
+        self._rlock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> IndexDB:
+        """Open (creating and migrating as needed) the database at ``path``."""
+
+        def opening() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            writer = _connect(str(path))
+            try:
+                migrate(writer)
+                reader = _connect(str(path))
+            except BaseException:
+                writer.close()
+                raise
+            return writer, reader
+
+        writer, reader = await sqlite_pool().submit(opening)
+        return cls(path, writer, reader)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the reader connection, off the loop; return its result."""
+        async with self._rlock:
+            return await sqlite_pool().submit(fn, self._reader)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction, off the loop.
+
+        The transaction commits if ``fn`` returns and rolls back if it raises.  The
+        change is visible to all readers when this returns.
+        """
+
+        def tx(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        async with self._wlock:
+            return await sqlite_pool().submit(tx, self._writer)
+
+    async def data_version(self) -> int:
+        """``PRAGMA data_version`` of the reader: changes when any other connection commits."""
+
+        def version(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+        return await self.read(version)
+
+    async def close(self) -> None:
+        """Close both connections (waits for jobs in progress)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._wlock, self._rlock:
+
+            def closing() -> None:
+                self._reader.close()
+                self._writer.close()
+
+            await sqlite_pool().submit(closing)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists (used to judge pending saves)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

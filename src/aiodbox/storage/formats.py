@@ -1,0 +1,456 @@
+"""Message files: single-dbox (a file per message) and multi-dbox (records in shared files).
+
+Theory of operation
+-------------------
+A :class:`MailFormat` is what a transaction needs from the files: stream a message into
+a new, still invisible record (``begin_save``), make saved records durable under their
+final names (``commit_saves``), copy records (``copy_files``), and, inside the index
+transaction, turn a committed record into index columns (``location_in_tx``).
+
+**sdbox** writes each message to ``mailboxes/<mailbox guid>/u.<uid>``: a temp file while
+streaming, committed with ``commit("u.<uid>")`` (fsync, link) once the UID is reserved.
+No locks.  Copying hard-links the file where the backend can.  Expunge deletes files.
+
+**mdbox** appends records to ``storage/m.<file_id>`` files.  A save locks a file with
+``try_lock`` (a locked file is skipped, never waited for), keeps it for the rest of its
+transaction while the record fits (``size + message + 512 <= rotate size``), and commits
+the appends before the index transaction.  The ``map`` table gives every record a
+``map_uid`` with a refcount: a copy is a refcount increment, an expunge a decrement, and
+``purge`` rewrites files that hold dead records (never rewriting a file in place).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiodbox.dbox.file import (
+    DboxMessage,
+    MdboxFile,
+    RecordAppender,
+    SdboxWriter,
+    create_mdbox_file,
+    create_sdbox,
+    open_mdbox_file,
+    open_mdbox_message,
+    open_sdbox_message,
+)
+from aiodbox.fs import FileHandle, FsNotFound
+from aiodbox.storage.errors import StorageError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from aiodbox.storage.mailbox import MailRecord
+    from aiodbox.storage.storage import MailboxInfo, User
+
+METADATA_ALLOWANCE = 512
+"""Bytes assumed for a record's metadata when checking the rotate size (the seed)."""
+
+
+@dataclass
+class Location:
+    """Where a committed record is; ``imap_size`` is the message size IMAP serves."""
+
+    imap_size: int
+    file_name: str | None = None
+    file_id: int | None = None
+    offset: int | None = None
+    record_size: int | None = None
+
+
+class SaveHandle(abc.ABC):
+    """One message being saved."""
+
+    committed = False
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Append body bytes (back-pressure applies)."""
+
+    @abc.abstractmethod
+    async def finish_data(self) -> None:
+        """The body is complete (the record is closed, still invisible)."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discard the record if it was not committed (idempotent)."""
+
+
+@dataclass
+class SaveContext:
+    """Per-transaction state a format may keep (mdbox: the file it holds locked)."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class MailFormat(abc.ABC):
+    """Message files of one user; see the module docstring."""
+
+    name = "format"
+
+    def __init__(self, user: User) -> None:
+        self.user = user
+        self.fs = user.fs
+
+    @abc.abstractmethod
+    async def begin_save(
+        self,
+        mailbox: MailboxInfo,
+        guid: str,
+        received: int,
+        size_hint: int | None,
+        ctx: SaveContext,
+    ) -> SaveHandle:
+        """Start a record for one message."""
+
+    @abc.abstractmethod
+    async def commit_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle], uids: list[int]
+    ) -> list[Location]:
+        """Make the records durable under their final names (before the index tx)."""
+
+    @abc.abstractmethod
+    async def copy_files(
+        self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]
+    ) -> list[Location]:
+        """Make the files the copies need (sdbox: links); nothing for mdbox."""
+
+    @abc.abstractmethod
+    def location_in_tx(
+        self, conn: sqlite3.Connection, loc: Location
+    ) -> tuple[str | None, int | None]:
+        """(file_name, map_uid) for a saved record, inside the index transaction."""
+
+    @abc.abstractmethod
+    def copy_location_in_tx(
+        self, conn: sqlite3.Connection, rec: MailRecord, loc: Location
+    ) -> tuple[str | None, int | None]:
+        """(file_name, map_uid) for a copy, inside the index transaction."""
+
+    def release_in_tx(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Messages ``(uid, file_name, map_uid)`` are leaving the index."""
+        return
+
+    async def after_expunge(self, mailbox: MailboxInfo, rows: list[tuple[Any, ...]]) -> None:
+        """Release the files of expunged messages, after the index transaction."""
+        return
+
+    async def discard_committed(self, mailbox: MailboxInfo, locations: list[Location]) -> None:
+        """Undo ``commit_saves`` after the index transaction failed (best effort)."""
+        return
+
+    @abc.abstractmethod
+    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
+        """Open a stored message for reading."""
+
+
+class _SdboxSave(SaveHandle):
+    def __init__(self, writer: SdboxWriter) -> None:
+        self.writer = writer
+        self.aborted = False
+
+    async def write(self, chunk: bytes) -> None:
+        await self.writer.write(chunk)
+
+    async def finish_data(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        if not self.committed and not self.aborted:
+            self.aborted = True
+            await self.writer.abort()
+
+
+class SdboxFormat(MailFormat):
+    """Single-dbox: one ``u.<uid>`` file per message, no locks."""
+
+    name = "sdbox"
+
+    async def begin_save(
+        self,
+        mailbox: MailboxInfo,
+        guid: str,
+        received: int,
+        size_hint: int | None,
+        ctx: SaveContext,
+    ) -> SaveHandle:
+        writer = await create_sdbox(
+            self.fs, self.user.mailbox_dir(mailbox.guid), guid=guid, received=received
+        )
+        return _SdboxSave(writer)
+
+    async def commit_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle], uids: list[int]
+    ) -> list[Location]:
+        async def one(h: SaveHandle, uid: int) -> Location:
+            assert isinstance(h, _SdboxSave)
+            written = await h.writer.finish(f"u.{uid}")
+            h.committed = True
+            return Location(written.stored_size, file_name=f"u.{uid}")
+
+        return list(await asyncio.gather(*(one(h, u) for h, u in zip(handles, uids, strict=True))))
+
+    async def copy_files(
+        self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]
+    ) -> list[Location]:
+        src_dir = self.user.mailbox_dir(src.guid)
+        dst_dir = self.user.mailbox_dir(dest.guid)
+
+        async def one(rec: MailRecord, uid: int) -> Location:
+            name = f"u.{uid}"
+            await self.fs.copy(f"{src_dir}/{rec.file_name}", f"{dst_dir}/{name}")
+            return Location(rec.size, file_name=name)
+
+        return list(await asyncio.gather(*(one(r, u) for r, u in zip(records, uids, strict=True))))
+
+    def location_in_tx(
+        self, conn: sqlite3.Connection, loc: Location
+    ) -> tuple[str | None, int | None]:
+        return loc.file_name, None
+
+    def copy_location_in_tx(
+        self, conn: sqlite3.Connection, rec: MailRecord, loc: Location
+    ) -> tuple[str | None, int | None]:
+        return loc.file_name, None
+
+    async def after_expunge(self, mailbox: MailboxInfo, rows: list[tuple[Any, ...]]) -> None:
+        directory = self.user.mailbox_dir(mailbox.guid)
+
+        async def one(file_name: str) -> None:
+            try:
+                await self.fs.delete(f"{directory}/{file_name}")
+            except FsNotFound:
+                pass
+
+        await asyncio.gather(*(one(r[1]) for r in rows if r[1]))
+
+    async def discard_committed(self, mailbox: MailboxInfo, locations: list[Location]) -> None:
+        await self.after_expunge(mailbox, [(0, loc.file_name, None) for loc in locations])
+
+    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
+        if rec.file_name is None:
+            raise StorageError(f"message {rec.uid} has no file name in the index")
+        return await open_sdbox_message(
+            self.fs, f"{self.user.mailbox_dir(mailbox.guid)}/{rec.file_name}"
+        )
+
+
+class _MdboxSave(SaveHandle):
+    def __init__(self, fmt: MdboxFormat, held: _HeldFile, appender: RecordAppender) -> None:
+        self.fmt = fmt
+        self.held = held
+        self.appender = appender
+        self.offset = -1
+        self.body_size = 0
+        self.aborted = False
+
+    async def write(self, chunk: bytes) -> None:
+        await self.appender.write(chunk)
+
+    async def finish_data(self) -> None:
+        self.offset, self.body_size, _meta = await self.appender.finish()
+        self.held.pending_bytes += self.body_size + METADATA_ALLOWANCE
+        self.held.streaming = False
+
+    async def abort(self) -> None:
+        if self.committed or self.aborted:
+            return
+        self.aborted = True
+        await self.fmt.release(self.held, commit=False)
+
+
+@dataclass
+class _HeldFile:
+    file_id: int
+    file: MdboxFile
+    pending_bytes: int = 0
+    streaming: bool = False
+    users: int = 0
+
+
+class MdboxFormat(MailFormat):
+    """Multi-dbox: records in ``storage/m.<file_id>`` files, a map with refcounts."""
+
+    name = "mdbox"
+
+    def __init__(self, user: User) -> None:
+        super().__init__(user)
+        self.rotate_size = user.storage.config.mdbox_rotate_size
+        self._readers: collections.OrderedDict[int, FileHandle] = collections.OrderedDict()
+        self._reader_limit = 64
+
+    def file_path(self, file_id: int) -> str:
+        """The FS path of ``m.<file_id>``."""
+        return self.user.path("storage", f"m.{file_id}")
+
+    # --------------------------------------------------------------- saving
+
+    async def _candidates(self, need: int) -> list[int]:
+        limit = self.rotate_size - need
+
+        def q(conn: sqlite3.Connection) -> list[int]:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT file_id FROM files WHERE size <= ? ORDER BY file_id DESC LIMIT 4",
+                    (limit,),
+                )
+            ]
+
+        return await self.user.db.read(q)
+
+    async def _lock_file(self, need: int) -> _HeldFile:
+        for file_id in await self._candidates(need):
+            try:
+                f = await open_mdbox_file(self.fs, self.file_path(file_id))
+            except FsNotFound:
+                continue
+            if f.size + need <= self.rotate_size and f.try_lock():
+                return _HeldFile(file_id, f)
+            await f.aclose()
+        now = time.time()
+
+        def alloc(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("INSERT INTO files (size, created) VALUES (0, ?)", (now,))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        file_id = await self.user.db.write(alloc)
+        f = await create_mdbox_file(self.fs, self.user.path("storage", f"m.{file_id}.new"))
+        if not f.try_lock():  # a created file is ours alone
+            raise StorageError("could not lock a new mdbox file")
+        await f.commit(f"m.{file_id}")
+        size = f.size
+        await self.user.db.write(
+            lambda c: c.execute("UPDATE files SET size = ? WHERE file_id = ?", (size, file_id))
+        )
+        return _HeldFile(file_id, f)
+
+    async def begin_save(
+        self,
+        mailbox: MailboxInfo,
+        guid: str,
+        received: int,
+        size_hint: int | None,
+        ctx: SaveContext,
+    ) -> SaveHandle:
+        need = (size_hint or 0) + METADATA_ALLOWANCE
+        held: _HeldFile | None = ctx.data.get("mdbox")
+        if held is not None and (
+            held.streaming or held.file.size + held.pending_bytes + need > self.rotate_size
+        ):
+            held = None
+        if held is None:
+            held = await self._lock_file(need)
+            ctx.data.setdefault("mdbox_files", []).append(held)
+            ctx.data["mdbox"] = held
+        held.streaming = True
+        held.users += 1
+        appender = held.file.append(guid=guid, received=received, orig_mailbox=mailbox.guid)
+        return _MdboxSave(self, held, appender)
+
+    async def release(self, held: _HeldFile, *, commit: bool) -> None:
+        """Drop one user of a held file; the last one rolls back (if asked) and unlocks."""
+        held.users -= 1
+        if held.users > 0:
+            return
+        if not commit:
+            held.file.rollback()
+        await held.file.aclose()
+
+    async def commit_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle], uids: list[int]
+    ) -> list[Location]:
+        files: dict[int, _HeldFile] = {}
+        for h in handles:
+            assert isinstance(h, _MdboxSave)
+            files[h.held.file_id] = h.held
+        for held in files.values():
+            await held.file.commit()
+        sizes = {fid: held.file.size for fid, held in files.items()}
+        locations = []
+        for h in handles:
+            assert isinstance(h, _MdboxSave)
+            h.committed = True
+            locations.append(
+                Location(
+                    h.body_size, file_id=h.held.file_id, offset=h.offset, record_size=h.body_size
+                )
+            )
+        for held in files.values():
+            held.users = 0
+            await held.file.aclose()
+
+        def update(conn: sqlite3.Connection) -> None:
+            for fid, size in sizes.items():
+                conn.execute("UPDATE files SET size = ? WHERE file_id = ?", (size, fid))
+
+        if sizes:
+            await self.user.db.write(update)
+        return locations
+
+    async def copy_files(
+        self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]
+    ) -> list[Location]:
+        return [Location(r.size) for r in records]
+
+    def location_in_tx(
+        self, conn: sqlite3.Connection, loc: Location
+    ) -> tuple[str | None, int | None]:
+        cur = conn.execute(
+            "INSERT INTO map (file_id, offset, size, refcount) VALUES (?, ?, ?, 1)",
+            (loc.file_id, loc.offset, loc.record_size),
+        )
+        return None, cur.lastrowid
+
+    def copy_location_in_tx(
+        self, conn: sqlite3.Connection, rec: MailRecord, loc: Location
+    ) -> tuple[str | None, int | None]:
+        conn.execute("UPDATE map SET refcount = refcount + 1 WHERE map_uid = ?", (rec.map_uid,))
+        return None, rec.map_uid
+
+    def release_in_tx(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            if row[2] is not None:
+                conn.execute("UPDATE map SET refcount = refcount - 1 WHERE map_uid = ?", (row[2],))
+
+    # -------------------------------------------------------------- reading
+
+    def _reader(self, file_id: int) -> FileHandle:
+        h = self._readers.get(file_id)
+        if h is not None and h.open_error is None:
+            self._readers.move_to_end(file_id)
+            return h
+        h = self.fs.open(self.file_path(file_id))
+        self._readers[file_id] = h
+        while len(self._readers) > self._reader_limit:
+            _, old = self._readers.popitem(last=False)
+            old.close()
+        return h
+
+    def forget_reader(self, file_id: int) -> None:
+        """Close the cached read handle of a file (purge replaced it)."""
+        h = self._readers.pop(file_id, None)
+        if h is not None:
+            h.close()
+
+    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
+        if rec.file_id is None or rec.offset is None:
+            raise StorageError(f"message {rec.uid} has no map entry")
+        return await open_mdbox_message(
+            self._reader(rec.file_id), rec.offset, body_size=rec.record_size
+        )
+
+
+def make_format(name: str, user: User) -> MailFormat:
+    """The format called ``name`` ("sdbox" or "mdbox") for ``user``."""
+    if name == "sdbox":
+        return SdboxFormat(user)
+    if name == "mdbox":
+        return MdboxFormat(user)
+    raise ValueError(f"unknown mail format {name!r}")

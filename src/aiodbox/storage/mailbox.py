@@ -1,0 +1,715 @@
+"""``Mailbox``, ``Mail`` records and ``Transaction``: lib-storage for aiodbox.
+
+Theory of operation
+-------------------
+A :class:`Mailbox` is one process's handle on a mailbox: the shared
+:class:`~aiodbox.storage.view.MailboxView`, plus the operations.  ``sync()`` brings the
+view up to date cheaply: it asks SQLite whether anything committed since the last look
+(``PRAGMA data_version``) and only then reads the rows changed since the view's modseq.
+
+A :class:`Transaction` collects saves (streamed into dbox files as they arrive), flag
+changes and copies; ``commit()`` makes them visible together, in the durability order of
+DESIGN.md §6:
+
+1. finish writing every saved message (still invisible: temp files / uncommitted appends);
+2. reserve UIDs in a short index transaction that also records a ``pending`` row;
+3. commit the message data under its final name (fsync per policy);
+4. one index transaction inserts the rows, applies flag changes and copies, bumps the
+   modseq and deletes the ``pending`` row.
+
+A crash after 2 or 3 leaves message files that no row points at; ``pending`` says which,
+and the next sync (or fsck) adopts them.  A crash never leaves a row pointing at missing
+data, and the caller gets its result only after step 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiodbox.index.schema import FLAG_BITS
+from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
+from aiodbox.storage.formats import SaveContext, SaveHandle
+from aiodbox.storage.view import MailboxView
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from aiodbox.dbox.file import DboxMessage
+    from aiodbox.storage.storage import MailboxInfo, User
+
+ALL_FLAGS = sum(FLAG_BITS.values())
+DELETED = FLAG_BITS["\\Deleted"]
+SEEN = FLAG_BITS["\\Seen"]
+
+MESSAGE_COLUMNS = (
+    "m.uid, m.guid, m.flags, m.keywords, m.modseq, m.internal_date, m.internal_tz,"
+    " m.save_date, m.size, m.file_name, m.map_uid, m.cache, map.file_id, map.offset, map.size"
+)
+
+
+def flags_to_bits(flags: Iterable[str]) -> int:
+    """System flag names → bit mask (unknown names ignored; case-insensitive)."""
+    bits = 0
+    lower = {k.lower(): v for k, v in FLAG_BITS.items()}
+    for f in flags:
+        bits |= lower.get(f.lower(), 0)
+    return bits
+
+
+def bits_to_flags(bits: int) -> list[str]:
+    """Bit mask → system flag names in a stable order."""
+    return [name for name, bit in FLAG_BITS.items() if bits & bit]
+
+
+@dataclass(frozen=True, slots=True)
+class MailRecord:
+    """Everything the index knows about one message."""
+
+    uid: int
+    guid: str
+    flags: int
+    keywords: tuple[str, ...]
+    modseq: int
+    internal_date: int
+    internal_tz: int
+    save_date: int
+    size: int
+    file_name: str | None
+    map_uid: int | None
+    cache: bytes | None
+    file_id: int | None
+    offset: int | None
+    record_size: int | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> MailRecord:
+        """From a row of ``MESSAGE_COLUMNS``."""
+        kw = tuple(row[3].split()) if row[3] else ()
+        return cls(row[0], row[1], row[2], kw, *row[4:])
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a transaction did.
+
+    Attributes:
+        saved_uids: UIDs of the saved messages, in save order.
+        copied: ``(source uid, new uid)`` per copied message.
+        dest_uidvalidity: UIDVALIDITY of the copy destination (COPYUID), or None.
+        modified: UIDs whose flags were not changed because of ``unchanged_since``.
+        modseq: the modseq the transaction's changes got (0 if it changed nothing here).
+    """
+
+    saved_uids: list[int]
+    copied: list[tuple[int, int]]
+    dest_uidvalidity: int | None
+    modified: list[int]
+    modseq: int
+
+
+@dataclass
+class _FlagChange:
+    uids: list[int]
+    mode: str  # "add", "remove", "replace"
+    flags: int
+    keywords: tuple[str, ...]
+    unchanged_since: int | None
+
+
+@dataclass
+class _PendingSave:
+    handle: SaveHandle
+    flags: int
+    keywords: tuple[str, ...]
+    internal_date: int
+    internal_tz: int
+    guid: str
+
+
+@dataclass
+class _Copy:
+    records: list[MailRecord]
+    dest: Mailbox
+
+
+@dataclass
+class Transaction:
+    """Saves, copies and flag changes that become visible together at :meth:`commit`."""
+
+    mailbox: Mailbox
+    _saves: list[_PendingSave] = field(default_factory=list)
+    _flags: list[_FlagChange] = field(default_factory=list)
+    _copies: list[_Copy] = field(default_factory=list)
+    _done: bool = False
+    _ctx: SaveContext = field(default_factory=SaveContext)
+
+    async def save(
+        self,
+        source: AsyncIterable[bytes] | bytes,
+        *,
+        flags: int = 0,
+        keywords: Iterable[str] = (),
+        internal_date: int | None = None,
+        internal_tz: int = 0,
+        size_hint: int | None = None,
+        guid: str | None = None,
+    ) -> int:
+        """Stream one message into the store (invisible until :meth:`commit`).
+
+        Args:
+            source: the message bytes (CRLF line ends), whole or as async chunks; they are
+                written as they arrive, never held whole.
+            flags: system flag bits.  keywords: keyword names.
+            internal_date: UNIX time (default: now); internal_tz: its offset in minutes.
+            size_hint: the size if known (IMAP APPEND knows it): mdbox picks a file by it.
+            guid: keep this message GUID (imports); default: a new one.
+
+        Returns:
+            The index of this save among the transaction's saves.
+        """
+        self._check_open()
+        date = int(time.time()) if internal_date is None else internal_date
+        message_guid = guid or uuid.uuid4().hex
+        if size_hint is None and isinstance(source, (bytes, bytearray, memoryview)):
+            size_hint = len(source)
+        try:
+            handle = await self.mailbox.user.format.begin_save(
+                self.mailbox.info, message_guid, date, size_hint, self._ctx
+            )
+        except BaseException:
+            await self.rollback()
+            raise
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                await handle.write(bytes(source))
+            else:
+                async for chunk in source:
+                    await handle.write(chunk)
+            await handle.finish_data()
+        except BaseException:
+            # A half-written record must not reach a commit: the whole transaction goes
+            # (IMAP MULTIAPPEND is all or nothing anyway).
+            await handle.abort()
+            await self.rollback()
+            raise
+        kws = _unique(keywords)
+        self._saves.append(
+            _PendingSave(handle, flags & ALL_FLAGS, kws, date, internal_tz, message_guid)
+        )
+        return len(self._saves) - 1
+
+    def update_flags(
+        self,
+        uids: Iterable[int],
+        mode: str,
+        flags: int = 0,
+        keywords: Iterable[str] = (),
+        *,
+        unchanged_since: int | None = None,
+    ) -> None:
+        """Add, remove or replace flags and keywords of ``uids`` at commit.
+
+        ``unchanged_since`` (CONDSTORE): messages whose modseq is higher are left alone and
+        reported in :attr:`CommitResult.modified`.
+        """
+        self._check_open()
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(f"bad flag mode {mode!r}")
+        self._flags.append(
+            _FlagChange(list(uids), mode, flags & ALL_FLAGS, _unique(keywords), unchanged_since)
+        )
+
+    async def copy(self, uids: Iterable[int], dest: Mailbox) -> None:
+        """Copy messages to ``dest`` at commit (new UIDs there; flags kept)."""
+        self._check_open()
+        records = await self.mailbox.records(list(uids))
+        self._copies.append(_Copy(records, dest))
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise StorageError("the transaction was already committed or rolled back")
+
+    async def rollback(self) -> None:
+        """Discard everything; nothing becomes visible."""
+        self._done = True
+        for s in self._saves:
+            await s.handle.abort()
+        self._saves.clear()
+
+    async def commit(self) -> CommitResult:
+        """Make every save, copy and flag change visible (see the module docstring).
+
+        Raises:
+            StorageError: nothing became visible (the saved data is discarded).
+        """
+        self._check_open()
+        self._done = True
+        mbox = self.mailbox
+        user = mbox.user
+        fmt = user.format
+        try:
+            return await self._commit(mbox, user, fmt)
+        finally:
+            for s in self._saves:
+                await s.handle.abort()  # no-op for committed handles
+
+    async def _commit(self, mbox: Mailbox, user: User, fmt: Any) -> CommitResult:
+        n_saves = len(self._saves)
+        copies_by_dest: dict[int, list[_Copy]] = {}
+        for c in self._copies:
+            copies_by_dest.setdefault(c.dest.info.id, []).append(c)
+        if len(copies_by_dest) > 1:
+            raise StorageError("one transaction copies to one mailbox")
+        dest: Mailbox | None = self._copies[0].dest if self._copies else None
+        copy_records = [r for c in self._copies for r in c.records]
+        pid = os.getpid()
+        now = time.time()
+
+        # 2. reserve UIDs (and record what is pending, for crash recovery)
+        def reserve(conn: sqlite3.Connection) -> tuple[int, int, list[int]]:
+            first = dest_first = 0
+            pending: list[int] = []
+            if n_saves:
+                first = _bump_uidnext(conn, mbox.info.id, n_saves)
+                cur = conn.execute(
+                    "INSERT INTO pending (mailbox_id, uid, count, pid, started)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (mbox.info.id, first, n_saves, pid, now),
+                )
+                assert cur.lastrowid is not None
+                pending.append(cur.lastrowid)
+            if copy_records and dest is not None:
+                dest_first = _bump_uidnext(conn, dest.info.id, len(copy_records))
+                cur = conn.execute(
+                    "INSERT INTO pending (mailbox_id, uid, count, pid, started)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (dest.info.id, dest_first, len(copy_records), pid, now),
+                )
+                assert cur.lastrowid is not None
+                pending.append(cur.lastrowid)
+            return first, dest_first, pending
+
+        need_reserve = n_saves or copy_records
+        first, dest_first, pending_ids = (
+            await user.db.write(reserve) if need_reserve else (0, 0, [])
+        )
+
+        # 3. message data under final names, durable
+        saved_uids = list(range(first, first + n_saves))
+        locations = await fmt.commit_saves(mbox.info, [s.handle for s in self._saves], saved_uids)
+        copy_uids = list(range(dest_first, dest_first + len(copy_records)))
+        copy_locations: list[Any] = []
+        if copy_records and dest is not None:
+            copy_locations = await fmt.copy_files(mbox.info, dest.info, copy_records, copy_uids)
+
+        # 4. the index transaction
+        saves = self._saves
+        flag_changes = self._flags
+        save_date = int(time.time())
+
+        def apply(conn: sqlite3.Connection) -> tuple[int, list[int]]:
+            modseq = 0
+            modified: list[int] = []
+            if saves or flag_changes:
+                modseq = _bump_modseq(conn, mbox.info.id)
+            for s, uid, loc in zip(saves, saved_uids, locations, strict=True):
+                file_name, map_uid = fmt.location_in_tx(conn, loc)
+                conn.execute(
+                    "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
+                    " internal_date, internal_tz, save_date, size, file_name, map_uid)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        mbox.info.id,
+                        uid,
+                        s.guid,
+                        s.flags,
+                        " ".join(s.keywords),
+                        modseq,
+                        s.internal_date,
+                        s.internal_tz,
+                        save_date,
+                        loc.imap_size,
+                        file_name,
+                        map_uid,
+                    ),
+                )
+                _add_mailbox_keywords(conn, mbox.info.id, s.keywords)
+            for change in flag_changes:
+                modified += _apply_flags(conn, mbox.info.id, change, modseq)
+            if copy_records and dest is not None:
+                dmodseq = _bump_modseq(conn, dest.info.id)
+                for rec, uid, loc in zip(copy_records, copy_uids, copy_locations, strict=True):
+                    file_name, map_uid = fmt.copy_location_in_tx(conn, rec, loc)
+                    conn.execute(
+                        "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
+                        " internal_date, internal_tz, save_date, size, file_name, map_uid,"
+                        " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            dest.info.id,
+                            uid,
+                            rec.guid,
+                            rec.flags,
+                            " ".join(rec.keywords),
+                            dmodseq,
+                            rec.internal_date,
+                            rec.internal_tz,
+                            save_date,
+                            rec.size,
+                            file_name,
+                            map_uid,
+                            rec.cache,
+                        ),
+                    )
+                    _add_mailbox_keywords(conn, dest.info.id, rec.keywords)
+            for pid_row in pending_ids:
+                conn.execute("DELETE FROM pending WHERE id = ?", (pid_row,))
+            return modseq, modified
+
+        try:
+            modseq, modified = await user.db.write(apply)
+        except BaseException:
+            await fmt.discard_committed(mbox.info, locations)
+            raise
+        for s in self._saves:
+            s.handle.committed = True
+        await mbox.refresh()
+        if dest is not None and dest is not mbox:
+            await dest.refresh()
+        return CommitResult(
+            saved_uids,
+            list(zip([r.uid for r in copy_records], copy_uids, strict=True)),
+            dest.info.uidvalidity if dest is not None else None,
+            modified,
+            modseq,
+        )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for k in items:
+        if k.lower() not in {s.lower() for s in seen}:
+            seen[k] = None
+    return tuple(seen)
+
+
+def _bump_uidnext(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
+    row = conn.execute(
+        "UPDATE mailboxes SET uidnext = uidnext + ? WHERE id = ? RETURNING uidnext", (n, mailbox_id)
+    ).fetchone()
+    if row is None:
+        raise MailboxNotFound("the mailbox was deleted")
+    return int(row[0]) - n
+
+
+def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    row = conn.execute(
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?"
+        " RETURNING highestmodseq",
+        (mailbox_id,),
+    ).fetchone()
+    if row is None:
+        raise MailboxNotFound("the mailbox was deleted")
+    return int(row[0])
+
+
+def _add_mailbox_keywords(conn: sqlite3.Connection, mailbox_id: int, kws: Iterable[str]) -> None:
+    kws = list(kws)
+    if not kws:
+        return
+    row = conn.execute("SELECT keywords FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    have = row[0].split() if row and row[0] else []
+    lower = {k.lower() for k in have}
+    added = [k for k in kws if k.lower() not in lower]
+    if added:
+        conn.execute(
+            "UPDATE mailboxes SET keywords = ? WHERE id = ?", (" ".join(have + added), mailbox_id)
+        )
+
+
+def _apply_flags(
+    conn: sqlite3.Connection, mailbox_id: int, change: _FlagChange, modseq: int
+) -> list[int]:
+    modified: list[int] = []
+    if change.keywords:
+        _add_mailbox_keywords(conn, mailbox_id, change.keywords)
+    for chunk_start in range(0, len(change.uids), 500):
+        chunk = change.uids[chunk_start : chunk_start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ?"
+            f" AND uid IN ({marks})",
+            (mailbox_id, *chunk),
+        ).fetchall()
+        for uid, flags, kw_text, old_modseq in rows:
+            if change.unchanged_since is not None and old_modseq > change.unchanged_since:
+                modified.append(uid)
+                continue
+            kws = kw_text.split() if kw_text else []
+            if change.mode == "add":
+                new_flags = flags | change.flags
+                lower = {k.lower() for k in kws}
+                new_kws = kws + [k for k in change.keywords if k.lower() not in lower]
+            elif change.mode == "remove":
+                new_flags = flags & ~change.flags
+                drop = {k.lower() for k in change.keywords}
+                new_kws = [k for k in kws if k.lower() not in drop]
+            else:
+                new_flags = change.flags
+                new_kws = list(change.keywords)
+            if new_flags != flags or new_kws != kws:
+                conn.execute(
+                    "UPDATE messages SET flags = ?, keywords = ?, modseq = ?"
+                    " WHERE mailbox_id = ? AND uid = ?",
+                    (new_flags, " ".join(new_kws), modseq, mailbox_id, uid),
+                )
+    return modified
+
+
+class Mailbox:
+    """A mailbox opened by this process (shared by its sessions); see the module docstring."""
+
+    def __init__(self, user: User, info: MailboxInfo) -> None:
+        self.user = user
+        self.info = info
+        self.view = MailboxView(info.id, info.uidvalidity)
+        self.refs = 0
+        self.deleted = False
+        self._refresh_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    async def load(self) -> None:
+        """Read the whole mailbox into the view (open)."""
+        mid = self.info.id
+
+        def q(conn: sqlite3.Connection) -> tuple[list[Any], Any, int]:
+            version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+            conn.execute("BEGIN")
+            try:
+                mb = conn.execute(
+                    "SELECT highestmodseq, uidnext, keywords FROM mailboxes WHERE id = ?", (mid,)
+                ).fetchone()
+                rows = conn.execute(
+                    "SELECT uid, flags, keywords, modseq, size, internal_date FROM messages"
+                    " WHERE mailbox_id = ? ORDER BY uid",
+                    (mid,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return rows, mb, version
+
+        rows, mb, version = await self.user.db.read(q)
+        if mb is None:
+            raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
+        self.view.load(rows, mb[0], mb[1], mb[2])
+        self.view.data_version = version
+
+    async def sync(self) -> bool:
+        """Catch up with changes committed by anyone (cheap when nothing changed).
+
+        Returns:
+            True if the view changed.
+        """
+        if self.deleted:
+            raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
+        version = await self.user.db.data_version()
+        if version == self.view.data_version:
+            return False
+        return await self.refresh()
+
+    async def refresh(self) -> bool:
+        """Read what changed since the view's modseq and apply it."""
+        mid = self.info.id
+        async with self._refresh_lock:
+            since = self.view.highestmodseq
+
+            def q(conn: sqlite3.Connection) -> tuple[list[Any], list[int], Any, int]:
+                version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                conn.execute("BEGIN")
+                try:
+                    mb = conn.execute(
+                        "SELECT highestmodseq, uidnext, keywords FROM mailboxes WHERE id = ?",
+                        (mid,),
+                    ).fetchone()
+                    changed = conn.execute(
+                        "SELECT uid, flags, keywords, modseq, size, internal_date FROM messages"
+                        " WHERE mailbox_id = ? AND modseq > ?",
+                        (mid, since),
+                    ).fetchall()
+                    gone = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?",
+                            (mid, since),
+                        )
+                    ]
+                finally:
+                    conn.execute("COMMIT")
+                return changed, gone, mb, version
+
+            changed, gone, mb, version = await self.user.db.read(q)
+            if mb is None:
+                self.deleted = True
+                raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
+            self.view.data_version = version
+            return self.view.apply(changed, gone, mb[0], mb[1], mb[2])
+
+    def mark_deleted(self) -> None:
+        """The mailbox was deleted: further use raises ``MailboxNotFound``."""
+        self.deleted = True
+
+    async def close(self) -> None:
+        """Release this user of the shared view."""
+        self.refs -= 1
+        if self.refs <= 0:
+            self.user.forget_mailbox(self)
+
+    # ------------------------------------------------------------- reading
+
+    async def records(self, uids: Sequence[int]) -> list[MailRecord]:
+        """Index records of ``uids`` (in the order given; missing ones are skipped)."""
+        mid = self.info.id
+        wanted = list(uids)
+
+        def q(conn: sqlite3.Connection) -> dict[int, MailRecord]:
+            out: dict[int, MailRecord] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN map"
+                    f" ON m.map_uid = map.map_uid WHERE m.mailbox_id = ? AND m.uid IN ({marks})",
+                    (mid, *chunk),
+                ):
+                    out[row[0]] = MailRecord.from_row(row)
+            return out
+
+        found = await self.user.db.read(q)
+        return [found[u] for u in wanted if u in found]
+
+    async def record(self, uid: int) -> MailRecord:
+        """The index record of ``uid``.  Raises ``MessageNotFound``."""
+        recs = await self.records([uid])
+        if not recs:
+            raise MessageNotFound(f"message {uid} was expunged")
+        return recs[0]
+
+    async def open_message(self, record: MailRecord) -> DboxMessage:
+        """Open the stored message (headers of the dbox record read; body not yet)."""
+        msg: DboxMessage = await self.user.format.open_message(self.info, record)
+        return msg
+
+    async def set_cache(self, uid: int, cache: bytes) -> None:
+        """Store parsed-structure cache bytes for ``uid`` (no modseq change)."""
+        mid = self.info.id
+        await self.user.db.write(
+            lambda c: c.execute(
+                "UPDATE messages SET cache = ? WHERE mailbox_id = ? AND uid = ?", (cache, mid, uid)
+            )
+        )
+
+    # ------------------------------------------------------------ changing
+
+    def transaction(self) -> Transaction:
+        """A new transaction on this mailbox."""
+        if self.deleted:
+            raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
+        return Transaction(self)
+
+    async def save(self, data: bytes | AsyncIterable[bytes], **kwargs: Any) -> int:
+        """Save one message in its own transaction; return its UID."""
+        tx = self.transaction()
+        await tx.save(data, **kwargs)
+        result = await tx.commit()
+        return result.saved_uids[0]
+
+    async def store(
+        self,
+        uids: Iterable[int],
+        mode: str,
+        flags: int = 0,
+        keywords: Iterable[str] = (),
+        *,
+        unchanged_since: int | None = None,
+    ) -> CommitResult:
+        """Change flags in one transaction (see :meth:`Transaction.update_flags`)."""
+        tx = self.transaction()
+        tx.update_flags(uids, mode, flags, keywords, unchanged_since=unchanged_since)
+        return await tx.commit()
+
+    async def expunge(
+        self, uids: Iterable[int] | None = None, *, deleted_only: bool = True
+    ) -> list[int]:
+        """Expunge the messages flagged ``\\Deleted`` (only among ``uids`` if given).
+
+        With ``deleted_only=False`` the given ``uids`` go whatever their flags (MOVE).
+
+        Returns:
+            The expunged UIDs, ascending.  Visible to everyone when this returns; the
+            message files are released afterwards (sdbox deletes them, mdbox leaves the
+            bytes to ``purge``).
+        """
+        mid = self.info.id
+        only = None if uids is None else sorted(set(uids))
+        fmt = self.user.format
+        mask = DELETED if deleted_only or only is None else 0
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[int, str | None, int | None]]:
+            if only is None:
+                rows = conn.execute(
+                    "SELECT uid, file_name, map_uid FROM messages WHERE mailbox_id = ?"
+                    " AND flags & ? ORDER BY uid",
+                    (mid, mask),
+                ).fetchall()
+            else:
+                rows = []
+                for start in range(0, len(only), 500):
+                    chunk = only[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows += conn.execute(
+                        f"SELECT uid, file_name, map_uid FROM messages WHERE mailbox_id = ?"
+                        f" AND (flags & ? OR ? = 0) AND uid IN ({marks})",
+                        (mid, mask, mask, *chunk),
+                    ).fetchall()
+                rows.sort()
+            if not rows:
+                return []
+            modseq = _bump_modseq(conn, mid)
+            fmt.release_in_tx(conn, rows)
+            for uid, file_name, _map_uid in rows:
+                conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mid, uid))
+                conn.execute(
+                    "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, file_name)"
+                    " VALUES (?, ?, ?, ?)",
+                    (mid, uid, modseq, file_name),
+                )
+            return rows
+
+        rows = await self.user.db.write(tx)
+        if rows:
+            await self.refresh()
+            await fmt.after_expunge(self.info, rows)
+        return [r[0] for r in rows]
+
+    async def copy(self, uids: Iterable[int], dest: Mailbox) -> CommitResult:
+        """Copy messages into ``dest`` (COPY); flags and internal dates are kept."""
+        tx = self.transaction()
+        await tx.copy(uids, dest)
+        return await tx.commit()
+
+    async def move(self, uids: Iterable[int], dest: Mailbox) -> CommitResult:
+        """Copy, then flag ``\\Deleted`` and expunge the originals (MOVE)."""
+        wanted = list(uids)
+        result = await self.copy(wanted, dest)
+        moved = [src for src, _ in result.copied]
+        if moved:
+            await self.expunge(moved, deleted_only=False)
+        return result
