@@ -12,14 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from aiodbox import __version__
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_NO_USER = 4
-EXIT_BACKEND = 5
-EXIT_INTERNAL = 70
+from aiodbox.cli.common import EXIT_USAGE
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 

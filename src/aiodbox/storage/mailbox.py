@@ -130,6 +130,7 @@ class _PendingSave:
     internal_date: int
     internal_tz: int
     guid: str
+    uid: int | None = None
 
 
 @dataclass
@@ -159,6 +160,7 @@ class Transaction:
         internal_tz: int = 0,
         size_hint: int | None = None,
         guid: str | None = None,
+        uid: int | None = None,
     ) -> int:
         """Stream one message into the store (invisible until :meth:`commit`).
 
@@ -169,6 +171,8 @@ class Transaction:
             internal_date: UNIX time (default: now); internal_tz: its offset in minutes.
             size_hint: the size if known (IMAP APPEND knows it): mdbox picks a file by it.
             guid: keep this message GUID (imports); default: a new one.
+            uid: keep this UID (imports).  Either every save of a transaction gives one
+                or none does; they must ascend and be >= the mailbox's UIDNEXT.
 
         Returns:
             The index of this save among the transaction's saves.
@@ -200,7 +204,7 @@ class Transaction:
             raise
         kws = _unique(keywords)
         self._saves.append(
-            _PendingSave(handle, flags & ALL_FLAGS, kws, date, internal_tz, message_guid)
+            _PendingSave(handle, flags & ALL_FLAGS, kws, date, internal_tz, message_guid, uid)
         )
         return len(self._saves) - 1
 
@@ -272,15 +276,26 @@ class Transaction:
         now = time.time()
 
         # 2. reserve UIDs (and record what is pending, for crash recovery)
+        explicit = [s.uid for s in self._saves if s.uid is not None]
+        if explicit and (
+            len(explicit) != n_saves or any(a >= b for a, b in zip(explicit, explicit[1:]))
+        ):
+            raise StorageError("explicit UIDs must be given for every save, ascending")
+
         def reserve(conn: sqlite3.Connection) -> tuple[int, int, list[int]]:
             first = dest_first = 0
             pending: list[int] = []
             if n_saves:
-                first = _bump_uidnext(conn, mbox.info.id, n_saves)
+                if explicit:
+                    first = _claim_uids(conn, mbox.info.id, explicit[0], explicit[-1])
+                    span = explicit[-1] - explicit[0] + 1
+                else:
+                    first = _bump_uidnext(conn, mbox.info.id, n_saves)
+                    span = n_saves
                 cur = conn.execute(
                     "INSERT INTO pending (mailbox_id, uid, count, pid, started)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (mbox.info.id, first, n_saves, pid, now),
+                    (mbox.info.id, first, span, pid, now),
                 )
                 assert cur.lastrowid is not None
                 pending.append(cur.lastrowid)
@@ -301,7 +316,7 @@ class Transaction:
         )
 
         # 3. message data under final names, durable
-        saved_uids = list(range(first, first + n_saves))
+        saved_uids = explicit or list(range(first, first + n_saves))
         locations = await fmt.commit_saves(mbox.info, [s.handle for s in self._saves], saved_uids)
         copy_uids = list(range(dest_first, dest_first + len(copy_records)))
         copy_locations: list[Any] = []
@@ -405,6 +420,16 @@ def _bump_uidnext(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
     if row is None:
         raise MailboxNotFound("the mailbox was deleted")
     return int(row[0]) - n
+
+
+def _claim_uids(conn: sqlite3.Connection, mailbox_id: int, first: int, last: int) -> int:
+    row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise MailboxNotFound("the mailbox was deleted")
+    if first < row[0]:
+        raise StorageError(f"UID {first} is below UIDNEXT {row[0]}: it may have been used")
+    conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (last + 1, mailbox_id))
+    return first
 
 
 def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:

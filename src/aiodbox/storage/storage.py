@@ -365,6 +365,26 @@ class User:
             await src.close()
             await dst.close()
 
+    async def raise_counters(
+        self, name: str, *, uidnext: int = 0, highestmodseq: int = 0
+    ) -> MailboxInfo:
+        """Raise a mailbox's UIDNEXT / HIGHESTMODSEQ to at least the given values (imports
+        keep Dovecot's so clients that cached them see no change); never lowers them."""
+        info = await self.get_mailbox_info(name)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
+                " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                (uidnext, highestmodseq, info.id),
+            )
+
+        await self.db.write(tx)
+        mbox = self._mailboxes.get(info.id)
+        if mbox is not None:
+            await mbox.refresh()
+        return await self.get_mailbox_info(name)
+
     # ------------------------------------------------------ subscriptions
 
     async def subscribe(self, name: str) -> None:
