@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiodbox.config import Config, ConfigError, config_from_dict, find_config, load_config
 
@@ -52,14 +52,13 @@ def load_settings(args: argparse.Namespace, *, required: bool = True) -> Config:
         raise CliError(str(e), EXIT_CONFIG) from None
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main()`` on a fresh event loop (uvloop when installed)."""
     try:
         import uvloop
-
-        return uvloop.run(main())
     except ImportError:
         return asyncio.run(main())
+    return uvloop.run(main())
 
 
 def report(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -711,8 +711,9 @@ async def _sdbox_v3(
 async def open_sdbox_message(fs: FS, path: str) -> DboxMessage:
     """Open the sdbox file ``path`` (one message, v3 or v2) and locate its message.
 
-    Costs the open, a ``stat`` (in parallel) and usually one more round trip for the
-    first and last 512 bytes; the body is not read.
+    Costs the open (which tells the size; a ``stat`` only where the backend does not)
+    and usually one more round trip for the first and last 512 bytes; the body is not
+    read.
 
     Returns:
         The message; it owns its handle: ``await msg.aclose()`` (or ``async with``) when
@@ -724,7 +725,9 @@ async def open_sdbox_message(fs: FS, path: str) -> DboxMessage:
     """
     handle = fs.open(path)
     try:
-        size = (await fs.stat(path)).size
+        await handle.wait_open()
+        known_size = handle.size
+        size = known_size if known_size is not None else (await fs.stat(path)).size
         head_len = min(size, SDBOX_TAIL_READ)
         if size <= SDBOX_TAIL_READ:
             head = tail = await _read_span(handle, 0, size)

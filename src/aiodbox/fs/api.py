@@ -223,6 +223,15 @@ class FileHandle(abc.ABC):
         """A real file descriptor of the committed file, or None (``FD`` property)."""
         return None
 
+    @property
+    def size(self) -> int | None:
+        """Size of the committed file as this handle knows it, or None.
+
+        Known once the open finished (the open already learnt it, so asking costs no
+        ``stat``); it follows this handle's own commits, not other writers' appends.
+        """
+        return None
+
     # ------------------------------------------------------------ callbacks
 
     def set_open_callback(self, cb: Callback | None) -> None:

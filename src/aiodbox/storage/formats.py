@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiodbox.dbox.codec import FileHeader
 from aiodbox.dbox.file import (
     DboxMessage,
     MdboxFile,
@@ -38,7 +39,9 @@ from aiodbox.dbox.file import (
     open_mdbox_file,
     open_mdbox_message,
     open_sdbox_message,
+    read_file_header,
 )
+from aiodbox.dbox.v2 import V2FileHeader
 from aiodbox.fs import FileHandle, FsNotFound
 from aiodbox.storage.errors import StorageError
 
@@ -254,7 +257,6 @@ class _MdboxSave(SaveHandle):
 
     async def finish_data(self) -> None:
         self.offset, self.body_size, _meta = await self.appender.finish()
-        self.held.pending_bytes += self.body_size + METADATA_ALLOWANCE
         self.held.streaming = False
 
     async def abort(self) -> None:
@@ -268,7 +270,6 @@ class _MdboxSave(SaveHandle):
 class _HeldFile:
     file_id: int
     file: MdboxFile
-    pending_bytes: int = 0
     streaming: bool = False
     users: int = 0
 
@@ -282,6 +283,7 @@ class MdboxFormat(MailFormat):
         super().__init__(user)
         self.rotate_size = user.storage.config.mdbox_rotate_size
         self._readers: collections.OrderedDict[int, FileHandle] = collections.OrderedDict()
+        self._headers: dict[int, FileHeader | V2FileHeader] = {}
         self._reader_limit = 64
 
     def file_path(self, file_id: int) -> str:
@@ -341,9 +343,7 @@ class MdboxFormat(MailFormat):
     ) -> SaveHandle:
         need = (size_hint or 0) + METADATA_ALLOWANCE
         held: _HeldFile | None = ctx.data.get("mdbox")
-        if held is not None and (
-            held.streaming or held.file.size + held.pending_bytes + need > self.rotate_size
-        ):
+        if held is not None and (held.streaming or held.file.size + need > self.rotate_size):
             held = None
         if held is None:
             held = await self._lock_file(need)
@@ -428,22 +428,30 @@ class MdboxFormat(MailFormat):
             return h
         h = self.fs.open(self.file_path(file_id))
         self._readers[file_id] = h
+        self._headers.pop(file_id, None)
         while len(self._readers) > self._reader_limit:
-            _, old = self._readers.popitem(last=False)
+            old_id, old = self._readers.popitem(last=False)
+            self._headers.pop(old_id, None)
             old.close()
         return h
 
     def forget_reader(self, file_id: int) -> None:
         """Close the cached read handle of a file (purge replaced it)."""
         h = self._readers.pop(file_id, None)
+        self._headers.pop(file_id, None)
         if h is not None:
             h.close()
 
     async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
         if rec.file_id is None or rec.offset is None:
             raise StorageError(f"message {rec.uid} has no map entry")
+        handle = self._reader(rec.file_id)
+        header = self._headers.get(rec.file_id)
+        if header is None:
+            header = await read_file_header(handle)
+            self._headers[rec.file_id] = header
         return await open_mdbox_message(
-            self._reader(rec.file_id), rec.offset, body_size=rec.record_size
+            handle, rec.offset, body_size=rec.record_size, header=header
         )
 
 

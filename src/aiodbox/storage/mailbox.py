@@ -25,6 +25,7 @@ data, and the caller gets its result only after step 4.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -278,7 +279,7 @@ class Transaction:
         # 2. reserve UIDs (and record what is pending, for crash recovery)
         explicit = [s.uid for s in self._saves if s.uid is not None]
         if explicit and (
-            len(explicit) != n_saves or any(a >= b for a, b in zip(explicit, explicit[1:]))
+            len(explicit) != n_saves or any(a >= b for a, b in itertools.pairwise(explicit))
         ):
             raise StorageError("explicit UIDs must be given for every save, ascending")
 

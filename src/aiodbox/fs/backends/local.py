@@ -382,6 +382,12 @@ class LocalHandle(FileHandle):
             return None
         return self._fd
 
+    @property
+    def size(self) -> int | None:
+        if not self._opened or self._open_error is not None:
+            return None
+        return self._size
+
     # ----------------------------------------------------------------- write
 
     def write(self, data: bytes | bytearray | memoryview) -> int:

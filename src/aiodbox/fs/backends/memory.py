@@ -262,6 +262,12 @@ class MemoryHandle(FileHandle):
         self.unlock()
         self._closed = True
 
+    @property
+    def size(self) -> int | None:
+        if not self._opened or self._inode is None:
+            return None
+        return len(self._inode.data) if self._committed_once else 0
+
     def try_lock(self) -> bool:
         self._check("try_lock")
         if not self._opened:

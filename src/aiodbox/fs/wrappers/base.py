@@ -71,6 +71,10 @@ class WrapperHandle(FileHandle):
     def fileno(self) -> int | None:
         return self.inner.fileno()
 
+    @property
+    def size(self) -> int | None:
+        return self.inner.size if self.opened else None
+
 
 class WrapperFS(FS):
     """Forwards every call to ``inner``."""
