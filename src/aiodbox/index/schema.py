@@ -86,6 +86,7 @@ CREATE TABLE pending (
     count INTEGER NOT NULL,
     file_id INTEGER,
     offset INTEGER,
+    size INTEGER,
     pid INTEGER NOT NULL,
     started REAL NOT NULL
 );

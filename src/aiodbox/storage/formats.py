@@ -147,6 +147,14 @@ class MailFormat(abc.ABC):
         """Undo ``commit_saves`` after the index transaction failed (best effort)."""
         return
 
+    def pending_location(self, handle: SaveHandle) -> tuple[int, int, int] | None:
+        """(file_id, offset, body size) of a finished, uncommitted mdbox record; else None.
+
+        Recorded in the ``pending`` table before the data is committed, so that a crash
+        before the index transaction leaves a record that recovery can find and adopt.
+        """
+        return None
+
     @abc.abstractmethod
     async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
         """Open a stored message for reading."""
@@ -312,7 +320,12 @@ class MdboxFormat(MailFormat):
                 f = await open_mdbox_file(self.fs, self.file_path(file_id))
             except FsNotFound:
                 continue
-            if f.size + need <= self.rotate_size and f.try_lock():
+            # (purge may have replaced the file between our open and our lock)
+            if (
+                f.size + need <= self.rotate_size
+                and f.try_lock()
+                and await self.fs.exists(self.file_path(file_id))
+            ):
                 return _HeldFile(file_id, f)
             await f.aclose()
         now = time.time()
@@ -399,6 +412,10 @@ class MdboxFormat(MailFormat):
     ) -> list[Location]:
         return [Location(r.size) for r in records]
 
+    def pending_location(self, handle: SaveHandle) -> tuple[int, int, int] | None:
+        assert isinstance(handle, _MdboxSave)
+        return handle.held.file_id, handle.offset, handle.body_size
+
     def location_in_tx(
         self, conn: sqlite3.Connection, loc: Location
     ) -> tuple[str | None, int | None]:
@@ -421,11 +438,15 @@ class MdboxFormat(MailFormat):
 
     # -------------------------------------------------------------- reading
 
-    def _reader(self, file_id: int) -> FileHandle:
+    def _reader(self, file_id: int, need_end: int) -> FileHandle:
         h = self._readers.get(file_id)
-        if h is not None and h.open_error is None:
+        # A cached handle may predate appends (a small file is read whole at open): a
+        # record beyond the size it knows needs a fresh open.
+        if h is not None and h.open_error is None and (h.size is None or need_end <= h.size):
             self._readers.move_to_end(file_id)
             return h
+        if h is not None:
+            h.close()
         h = self.fs.open(self.file_path(file_id))
         self._readers[file_id] = h
         self._headers.pop(file_id, None)
@@ -445,7 +466,7 @@ class MdboxFormat(MailFormat):
     async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
         if rec.file_id is None or rec.offset is None:
             raise StorageError(f"message {rec.uid} has no map entry")
-        handle = self._reader(rec.file_id)
+        handle = self._reader(rec.file_id, rec.offset + (rec.record_size or 0))
         header = self._headers.get(rec.file_id)
         if header is None:
             header = await read_file_header(handle)

@@ -1,0 +1,263 @@
+"""fsck finds and repairs every kind of damage; purge reclaims mdbox space safely."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aiodbox.storage import Storage, User
+from aiodbox.storage.fsck import LOST_FOUND, check, repair
+from aiodbox.storage.mailbox import DELETED, Mailbox
+from aiodbox.storage.purge import purge
+
+from .storage_child import check as check_message
+from .storage_child import message, storage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["sdbox", "mdbox"])
+def fmt(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+async def store(fmt: str, tmp_path: Path) -> AsyncIterator[Storage]:
+    st = storage(str(tmp_path), fmt)
+    yield st
+    await st.close()
+
+
+async def fill(user: User, n: int) -> Mailbox:
+    inbox = await user.open_mailbox("INBOX")
+    for i in range(n):
+        await inbox.save(message("a", i), flags=1 if i % 2 else 0, keywords=["K"] if i == 2 else [])
+    return inbox
+
+
+async def contents(mbox: Mailbox) -> dict[int, bytes]:
+    out = {}
+    for rec in await mbox.records(list(mbox.view.uids)):
+        msg = await mbox.open_message(rec)
+        out[rec.uid] = b"".join([c async for c in msg.open_body()])
+        await msg.aclose()
+    return out
+
+
+def sql(tmp_path: Path, statement: str, *args: object) -> None:
+    conn = sqlite3.connect(tmp_path / "index" / "u" / "index.sqlite")
+    with conn:
+        conn.execute(statement, args)
+    conn.close()
+
+
+def mail_files(tmp_path: Path, fmt: str) -> list[Path]:
+    root = tmp_path / "mail" / "u"
+    pattern = "mailboxes/*/u.*" if fmt == "sdbox" else "storage/m.*"
+    return sorted(root.glob(pattern))
+
+
+async def test_a_healthy_store_has_no_problems(store: Storage) -> None:
+    user = await store.user("u")
+    await fill(user, 5)
+    report = await check(user)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.messages == 5
+
+
+async def test_missing_data_is_reported_and_dropped(
+    store: Storage, fmt: str, tmp_path: Path
+) -> None:
+    user = await store.user("u")
+    inbox = await fill(user, 3)
+    before = await contents(inbox)
+    if fmt == "sdbox":
+        victim = next(p for p in mail_files(tmp_path, fmt) if p.name == "u.2")
+        await asyncio.to_thread(victim.unlink)
+    else:
+        sql(
+            tmp_path, "DELETE FROM map WHERE map_uid = (SELECT map_uid FROM messages WHERE uid = 2)"
+        )
+    report = await check(user)
+    assert [p.kind for p in report.problems] == ["missing"]
+    assert report.problems[0].uid == 2
+    await repair(user)
+    if fmt == "sdbox":  # the message is gone
+        assert list(inbox.view.uids) == [1, 3]
+    else:  # the record is intact: only the map row was lost, and it is re-linked
+        assert await contents(inbox) == before
+    assert (await check(user)).ok
+
+
+async def test_orphan_of_a_crashed_save_is_adopted(
+    store: Storage, fmt: str, tmp_path: Path
+) -> None:
+    user = await store.user("u")
+    inbox = await fill(user, 3)
+    before = await contents(inbox)
+    # What a crash between the data commit and the index transaction leaves behind:
+    # data, a pending row of a dead process, no message row.
+    rec = await inbox.record(3)
+    sql(tmp_path, "DELETE FROM messages WHERE uid = 3")
+    if fmt == "mdbox":
+        sql(tmp_path, "DELETE FROM map WHERE map_uid = ?", rec.map_uid)
+        sql(
+            tmp_path,
+            "INSERT INTO pending (mailbox_id, uid, count, file_id, offset, size, pid, started)"
+            " VALUES (1, 3, 1, ?, ?, ?, 999999999, 0)",
+            rec.file_id,
+            rec.offset,
+            rec.record_size,
+        )
+    else:
+        sql(
+            tmp_path,
+            "INSERT INTO pending (mailbox_id, uid, count, pid, started)"
+            " VALUES (1, 3, 1, 999999999, 0)",
+        )
+    await inbox.load()  # the rows were changed behind the index's back
+    assert list(inbox.view.uids) == [1, 2]
+    report = await check(user)
+    assert [p.kind for p in report.problems] == ["pending"]
+    await repair(user)
+    after = await contents(inbox)
+    assert len(after) == 3
+    assert sorted(after.values()) == sorted(before.values())
+    if fmt == "sdbox":
+        assert after[3] == before[3]  # sdbox keeps the UID its file name carries
+    assert (await check(user)).ok
+
+
+async def test_damaged_bytes_go_to_lost_and_found(store: Storage, fmt: str, tmp_path: Path) -> None:
+    user = await store.user("u")
+    inbox = await fill(user, 4)
+    before = await contents(inbox)
+    rec = await inbox.record(2)
+    if fmt == "sdbox":
+        path = next(p for p in mail_files(tmp_path, fmt) if p.name == "u.2")
+        offset = path.stat().st_size - 200  # inside the body
+    else:
+        path = tmp_path / "mail" / "u" / "storage" / f"m.{rec.file_id}"
+        offset = (rec.offset or 0) + 3 + 20
+    data = bytearray(await asyncio.to_thread(path.read_bytes))
+    data[offset] ^= 0x20
+    await asyncio.to_thread(path.write_bytes, bytes(data))
+    report = await check(user)
+    assert any(p.kind == "corrupted" for p in report.problems), [str(p) for p in report.problems]
+    await repair(user)
+    survivors = await contents(inbox)
+    assert set(survivors.values()) == {before[1], before[3], before[4]}
+    lost = await user.open_mailbox(LOST_FOUND)
+    rescued = list((await contents(lost)).values())
+    assert len(rescued) == 1
+    assert rescued[0].startswith(b"X-Aiodbox-Lost-Found: ")
+    assert b"body of a 1" in rescued[0]  # the damaged message's bytes were kept
+    assert (await check(user)).ok
+
+
+async def test_a_lost_index_is_rebuilt_from_the_files(fmt: str, tmp_path: Path) -> None:
+    st = storage(str(tmp_path), fmt)
+    user = await st.user("u")
+    await user.create_mailbox("Work/2024")
+    inbox = await fill(user, 4)
+    work = await user.open_mailbox("Work/2024")
+    await inbox.copy([1, 2], work)
+    expected_inbox = sorted((await contents(inbox)).values())
+    expected_work = sorted((await contents(work)).values())
+    validity = {m.name: m.uidvalidity for m in await user.list_mailboxes()}
+    await st.close()
+    for f in (tmp_path / "index" / "u").iterdir():
+        await asyncio.to_thread(f.unlink)
+    st = storage(str(tmp_path), fmt)
+    user = await st.user("u")  # a fresh index: default mailboxes only
+    report = await repair(user)
+    assert report.actions
+    names = {m.name: m.uidvalidity for m in await user.list_mailboxes()}
+    assert names["INBOX"] == validity["INBOX"]
+    assert names["Work/2024"] == validity["Work/2024"]
+    inbox = await user.open_mailbox("INBOX")
+    work = await user.open_mailbox("Work/2024")
+    assert sorted((await contents(inbox)).values()) == expected_inbox
+    if fmt == "sdbox":  # each copy is a file of its own
+        assert sorted((await contents(work)).values()) == expected_work
+    else:  # one record for both copies, naming the mailbox it was saved to (as Dovecot)
+        assert await contents(work) == {}
+    if fmt == "sdbox":
+        assert list(inbox.view.uids) == [1, 2, 3, 4]
+    assert (await check(user)).ok
+    await st.close()
+
+
+async def test_purge_reclaims_expunged_records(tmp_path: Path) -> None:
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 40)
+    await inbox.store(range(1, 41, 2), "add", DELETED)
+    assert len(await inbox.expunge()) == 20
+    kept = await contents(inbox)
+    size_before = sum(p.stat().st_size for p in mail_files(tmp_path, "mdbox"))
+    report = await check(user)
+    assert sum(p.kind == "garbage" for p in report.problems) == 20
+    result = await purge(user)
+    assert result.records_dropped == 20 and result.records_moved == 20
+    size_after = sum(p.stat().st_size for p in mail_files(tmp_path, "mdbox"))
+    assert size_after < size_before * 0.7
+    assert await contents(inbox) == kept
+    assert (await check(user)).problems == []
+    assert (await purge(user)).files_rewritten == 0  # nothing left to do
+    await st.close()
+
+
+async def test_purge_skips_a_file_being_appended_to(tmp_path: Path) -> None:
+    from aiodbox.dbox.file import open_mdbox_file
+
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 3)
+    await inbox.store([1], "add", DELETED)
+    await inbox.expunge()
+    rec = await inbox.record(2)
+    held = await open_mdbox_file(user.fs, f"u/storage/m.{rec.file_id}")
+    assert held.try_lock()
+    result = await purge(user)
+    assert result.files_skipped_locked == 1 and result.files_rewritten == 0
+    await held.aclose()
+    assert (await purge(user)).files_rewritten == 1
+    await st.close()
+
+
+async def test_purge_while_another_process_reads(tmp_path: Path) -> None:
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 60)
+    reader = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-m", "tests.faults.storage_child", "read", str(tmp_path), "mdbox", "4"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    purged = 0
+    for round_ in range(6):
+        await asyncio.sleep(0.3)
+        uids = list(inbox.view.uids)[round_ * 5 : round_ * 5 + 5]
+        await inbox.store(uids, "add", DELETED)
+        await inbox.expunge()
+        purged += (await purge(user)).records_dropped
+    out, _ = await asyncio.to_thread(reader.communicate)
+    text = out.decode()
+    assert reader.returncode == 0, text
+    assert "ERRORS 0" in text, text
+    reads = int(text.split("READS ")[1].split()[0])
+    assert reads > 60
+    assert purged == 30
+    survivors = await contents(inbox)
+    assert len(survivors) == 30 and all(check_message(d) for d in survivors.values())
+    await st.close()
