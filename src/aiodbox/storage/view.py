@@ -45,6 +45,43 @@ class ViewRow:
     internal_date: int
 
 
+@dataclass(slots=True)
+class ViewColumns:
+    """The arrays of a view, built in one go (thread-safe: touches no shared state)."""
+
+    uids: array[int]
+    flags: array[int]
+    keywords: list[tuple[str, ...]]
+    modseqs: array[int]
+    sizes: array[int]
+    dates: array[int]
+    keywords_seen: list[tuple[str, ...]]
+
+
+def build_columns(rows: list[tuple[int, int, str, int, int, int]]) -> ViewColumns:
+    """Turn index rows (uid, flags, keywords, modseq, size, date), sorted by UID, into
+    the view's arrays (C-speed transposition; keyword sets are shared tuples)."""
+    if not rows:
+        return ViewColumns(array("I"), array("B"), [], array("Q"), array("Q"), array("q"), [])
+    uid_c, flag_c, kw_c, modseq_c, size_c, date_c = zip(*rows, strict=True)
+    intern: dict[str, tuple[str, ...]] = {"": EMPTY_KEYWORDS}
+    keywords = []
+    for text in kw_c:
+        kw = intern.get(text)
+        if kw is None:
+            kw = intern[text] = tuple(text.split())
+        keywords.append(kw)
+    return ViewColumns(
+        array("I", uid_c),
+        array("B", flag_c),
+        keywords,
+        array("Q", modseq_c),
+        array("Q", size_c),
+        array("q", date_c),
+        list(intern.values()),
+    )
+
+
 class MailboxView:
     """Compact shared state of one mailbox; see the module docstring."""
 
@@ -113,19 +150,17 @@ class MailboxView:
         mailbox_keywords: str,
     ) -> None:
         """Replace everything with ``rows`` (uid, flags, keywords, modseq, size, date)."""
-        uids, flags, modseqs = array("I"), array("B"), array("Q")
-        sizes, dates = array("Q"), array("q")
-        kws: list[tuple[str, ...]] = []
-        intern = self.intern_keywords
-        for uid, fl, kw, ms, size, date in rows:
-            uids.append(uid)
-            flags.append(fl)
-            kws.append(intern(kw))
-            modseqs.append(ms)
-            sizes.append(size)
-            dates.append(date)
-        self.uids, self.flags, self.modseqs = uids, flags, modseqs
-        self.sizes, self.dates, self.keywords = sizes, dates, kws
+        self.install(build_columns(list(rows)), highestmodseq, uidnext, mailbox_keywords)
+
+    def install(
+        self, columns: ViewColumns, highestmodseq: int, uidnext: int, mailbox_keywords: str
+    ) -> None:
+        """Replace everything with ``columns`` (built by :func:`build_columns`, which may
+        run in a worker thread: a big mailbox is never looped over on the event loop)."""
+        self.uids, self.flags, self.modseqs = columns.uids, columns.flags, columns.modseqs
+        self.sizes, self.dates, self.keywords = columns.sizes, columns.dates, columns.keywords
+        for kw in columns.keywords_seen:
+            self._kw_intern.setdefault(" ".join(kw), kw)
         self.highestmodseq = highestmodseq
         self.uidnext = uidnext
         self.mailbox_keywords = tuple(mailbox_keywords.split())
