@@ -33,6 +33,7 @@ from aiodbox.storage.errors import (
     MailboxExists,
     MailboxHasChildren,
     MailboxNotFound,
+    StorageError,
     UnsupportedBackend,
 )
 
@@ -384,6 +385,57 @@ class User:
         if mbox is not None:
             await mbox.refresh()
         return await self.get_mailbox_info(name)
+
+    async def reset_identity(self, name: str, *, guid: str, uidvalidity: int) -> MailboxInfo:
+        """Give an *empty* mailbox another GUID and UIDVALIDITY (imports keep Dovecot's,
+        e.g. for the default INBOX of a new user).
+
+        The mailbox starts a new UID space: UIDNEXT goes back to 1 and the record of
+        earlier expunges is dropped; HIGHESTMODSEQ is kept (it never goes down); name,
+        special-use and subscription do not change.  The mailbox directory is named by
+        GUID, so its ``dbox-box`` file is written under the new GUID and the old
+        directory removed.  Visible to everyone when this returns.
+
+        Meant for a mailbox nobody uses yet: a process that has it open elsewhere keeps
+        the old UIDVALIDITY (and GUID directory) until it opens it again.
+
+        Raises:
+            MailboxNotFound: no such mailbox.
+            StorageError: the mailbox holds messages or a save is in progress in it,
+                another mailbox has that GUID, or this process has it open.
+        """
+        info = await self.get_mailbox_info(name)
+        if info.id in self._mailboxes:
+            raise StorageError(f"mailbox {info.name!r} is open; close it first")
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT 1", (info.id,)
+                ).fetchone()
+                or conn.execute(
+                    "SELECT 1 FROM pending WHERE mailbox_id = ? LIMIT 1", (info.id,)
+                ).fetchone()
+            ):
+                raise StorageError(f"mailbox {info.name!r} is not empty")
+            other = conn.execute(
+                "SELECT name FROM mailboxes WHERE guid = ? AND id != ?", (guid, info.id)
+            ).fetchone()
+            if other:
+                raise StorageError(f"mailbox {other[0]!r} already has GUID {guid}")
+            conn.execute(
+                "UPDATE mailboxes SET guid = ?, uidvalidity = ?, uidnext = 1, keywords = ''"
+                " WHERE id = ?",
+                (guid, uidvalidity, info.id),
+            )
+            conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (info.id,))
+
+        await self.db.write(tx)
+        new = await self.get_mailbox_info(name)
+        await self._write_box_file(new)
+        if new.guid != info.guid:
+            await self._remove_dir(self.mailbox_dir(info.guid))
+        return new
 
     # ------------------------------------------------------ subscriptions
 
