@@ -18,9 +18,16 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _registrars() -> list[Register]:
-    from aiodbox.cli import dbox
+    from aiodbox.cli import dbox, export, fsck, importer, serve, user
 
-    return [dbox.register]
+    return [
+        serve.register,
+        dbox.register,
+        user.register,
+        importer.register,
+        export.register,
+        fsck.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -457,6 +457,8 @@ class DboxMessage:
         self.guid: str | None = metadata.guid
         self.received: int | None = metadata.received
         self._owns_handle = owns_handle
+        self.preload: tuple[int, bytes] | None = None
+        """Bytes of the file already read (file offset, data): streams start from them."""
 
     def __repr__(self) -> str:
         return (
@@ -495,6 +497,7 @@ class DboxMessage:
                 self.body_offset + first,
                 self.body_offset + first + size,
                 readahead=readahead,
+                preload=self.preload,
             )
             return BodyStream(raw, path=self.path, start=first, size=size)
         raw = InputStream(
@@ -502,6 +505,7 @@ class DboxMessage:
             self.body_offset,
             self.body_offset + self.stored_size,
             readahead=max(1, readahead // 2),
+            preload=self.preload,
         )
         return BodyStream(raw, path=self.path, start=first, size=size, skip=first, convert=True)
 
@@ -708,12 +712,21 @@ async def _sdbox_v3(
     )
 
 
-async def open_sdbox_message(fs: FS, path: str) -> DboxMessage:
+SDBOX_HEAD_READ = DEFAULT_READAHEAD
+"""Bytes read from the start of an sdbox file while locating its message: most messages
+fit, so the file is read once and the body stream is served from these bytes."""
+HEADER_HEAD_READ = 4096
+"""The same when only the message header will be wanted."""
+
+
+async def open_sdbox_message(fs: FS, path: str, *, head_read: int = SDBOX_HEAD_READ) -> DboxMessage:
     """Open the sdbox file ``path`` (one message, v3 or v2) and locate its message.
 
-    Costs the open (which tells the size; a ``stat`` only where the backend does not)
-    and usually one more round trip for the first and last 512 bytes; the body is not
-    read.
+    The first ``head_read`` bytes are asked for together with the open (the
+    FS may pipeline them: one round trip for both); a file that fits is located from
+    those bytes alone, and its body stream is served from them too.  A longer file costs
+    one more round trip for its last 512 bytes.  The size comes from the open (a
+    ``stat`` only where the backend does not tell it).
 
     Returns:
         The message; it owns its handle: ``await msg.aclose()`` (or ``async with``) when
@@ -725,17 +738,18 @@ async def open_sdbox_message(fs: FS, path: str) -> DboxMessage:
     """
     handle = fs.open(path)
     try:
-        await handle.wait_open()
+        first = await _read_span(handle, 0, head_read)
         known_size = handle.size
         size = known_size if known_size is not None else (await fs.stat(path)).size
-        head_len = min(size, SDBOX_TAIL_READ)
-        if size <= SDBOX_TAIL_READ:
-            head = tail = await _read_span(handle, 0, size)
+        if len(first) >= size:
+            head = tail = first[:size]
         else:
-            head, tail = await _concurrently(
-                _read_span(handle, 0, head_len), _read_span(handle, size - head_len, head_len)
-            )
-        if len(tail) < head_len:
+            head = first
+            tail_len = min(size, SDBOX_TAIL_READ)
+            tail = await _read_span(handle, size - tail_len, tail_len)
+            if len(tail) < tail_len:
+                raise DboxCorruptedError(path, 0, "truncated: the file is shorter than its size")
+        if len(first) < min(size, head_read):
             raise DboxCorruptedError(path, 0, "truncated: the file is shorter than its size")
         header = _parse_any_header(head, len(head) == size)
         if isinstance(header, NeedBytes):
@@ -743,9 +757,12 @@ async def open_sdbox_message(fs: FS, path: str) -> DboxMessage:
         if isinstance(header, Corrupted):
             raise _corrupted(path, 0, header)
         if isinstance(header, FileHeader):
-            return await _sdbox_v3(handle, header, size, head, tail)
-        known = ((0, head), (size - len(tail), tail))
-        return await _v2_message(handle, header, header.length, owns_handle=True, known=known)
+            msg = await _sdbox_v3(handle, header, size, head, tail)
+        else:
+            known = ((0, head), (size - len(tail), tail))
+            msg = await _v2_message(handle, header, header.length, owns_handle=True, known=known)
+        msg.preload = (0, first)
+        return msg
     except BaseException:
         await handle.aclose()
         raise

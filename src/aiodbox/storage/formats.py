@@ -41,6 +41,7 @@ from aiodbox.dbox.file import (
     open_sdbox_message,
     read_file_header,
 )
+from aiodbox.dbox.file_read import HEADER_HEAD_READ, SDBOX_HEAD_READ
 from aiodbox.dbox.v2 import V2FileHeader
 from aiodbox.fs import FileHandle, FsNotFound
 from aiodbox.storage.errors import StorageError
@@ -156,8 +157,10 @@ class MailFormat(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
-        """Open a stored message for reading."""
+    async def open_message(
+        self, mailbox: MailboxInfo, rec: MailRecord, *, want_body: bool = True
+    ) -> DboxMessage:
+        """Open a stored message for reading (``want_body``: a read-ahead hint)."""
 
 
 class _SdboxSave(SaveHandle):
@@ -243,11 +246,15 @@ class SdboxFormat(MailFormat):
     async def discard_committed(self, mailbox: MailboxInfo, locations: list[Location]) -> None:
         await self.after_expunge(mailbox, [(0, loc.file_name, None) for loc in locations])
 
-    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
+    async def open_message(
+        self, mailbox: MailboxInfo, rec: MailRecord, *, want_body: bool = True
+    ) -> DboxMessage:
         if rec.file_name is None:
             raise StorageError(f"message {rec.uid} has no file name in the index")
         return await open_sdbox_message(
-            self.fs, f"{self.user.mailbox_dir(mailbox.guid)}/{rec.file_name}"
+            self.fs,
+            f"{self.user.mailbox_dir(mailbox.guid)}/{rec.file_name}",
+            head_read=SDBOX_HEAD_READ if want_body else HEADER_HEAD_READ,
         )
 
 
@@ -292,6 +299,7 @@ class MdboxFormat(MailFormat):
         self.rotate_size = user.storage.config.mdbox_rotate_size
         self._readers: collections.OrderedDict[int, FileHandle] = collections.OrderedDict()
         self._headers: dict[int, FileHeader | V2FileHeader] = {}
+        self._header_reads: dict[int, asyncio.Future[FileHeader | V2FileHeader]] = {}
         self._reader_limit = 64
 
     def file_path(self, file_id: int) -> str:
@@ -440,12 +448,16 @@ class MdboxFormat(MailFormat):
 
     def _reader(self, file_id: int, need_end: int) -> FileHandle:
         h = self._readers.get(file_id)
-        # A cached handle may predate appends (a small file is read whole at open): a
-        # record beyond the size it knows needs a fresh open.
-        if h is not None and h.open_error is None and (h.size is None or need_end <= h.size):
-            self._readers.move_to_end(file_id)
-            return h
-        if h is not None:
+        if h is not None and h.open_error is None:
+            stale = h.size is not None and need_end > h.size and h.fileno() is None
+            if not stale:
+                self._readers.move_to_end(file_id)
+                return h
+            # A small file is read whole at open: records appended since lie beyond the
+            # copy.  A fresh handle serves them; the old one holds no descriptor and
+            # keeps serving the streams still reading it.
+            del self._readers[file_id]
+        elif h is not None:
             h.close()
         h = self.fs.open(self.file_path(file_id))
         self._readers[file_id] = h
@@ -456,6 +468,24 @@ class MdboxFormat(MailFormat):
             old.close()
         return h
 
+    async def _header(self, file_id: int, handle: FileHandle) -> FileHeader | V2FileHeader:
+        """The file header of ``m.<file_id>``, read once however many loaders ask at once."""
+        header = self._headers.get(file_id)
+        if header is not None:
+            return header
+        pending = self._header_reads.get(file_id)
+        if pending is None:
+            pending = asyncio.ensure_future(read_file_header(handle))
+            self._header_reads[file_id] = pending
+
+            def done(fut: asyncio.Future[FileHeader | V2FileHeader]) -> None:
+                self._header_reads.pop(file_id, None)
+                if not fut.cancelled() and fut.exception() is None:
+                    self._headers[file_id] = fut.result()
+
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)
+
     def forget_reader(self, file_id: int) -> None:
         """Close the cached read handle of a file (purge replaced it)."""
         h = self._readers.pop(file_id, None)
@@ -463,14 +493,13 @@ class MdboxFormat(MailFormat):
         if h is not None:
             h.close()
 
-    async def open_message(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage:
+    async def open_message(
+        self, mailbox: MailboxInfo, rec: MailRecord, *, want_body: bool = True
+    ) -> DboxMessage:
         if rec.file_id is None or rec.offset is None:
             raise StorageError(f"message {rec.uid} has no map entry")
         handle = self._reader(rec.file_id, rec.offset + (rec.record_size or 0))
-        header = self._headers.get(rec.file_id)
-        if header is None:
-            header = await read_file_header(handle)
-            self._headers[rec.file_id] = header
+        header = await self._header(rec.file_id, handle)
         return await open_mdbox_message(
             handle, rec.offset, body_size=rec.record_size, header=header
         )

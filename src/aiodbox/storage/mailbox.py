@@ -25,23 +25,27 @@ data, and the caller gets its result only after step 4.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiodbox.fs import FsNotFound
 from aiodbox.index.schema import FLAG_BITS
 from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
 from aiodbox.storage.formats import SaveContext, SaveHandle
-from aiodbox.storage.view import MailboxView
+from aiodbox.storage.view import MailboxView, ViewColumns, build_columns
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from aiodbox.dbox.file import DboxMessage
+    from aiodbox.dbox.file import BodyStream, DboxMessage
+    from aiodbox.storage.fetch import FetchedMessage, FetchParts
+    from aiodbox.storage.search import Criterion
     from aiodbox.storage.storage import MailboxInfo, User
 
 ALL_FLAGS = sum(FLAG_BITS.values())
@@ -300,6 +304,17 @@ class Transaction:
                 )
                 assert cur.lastrowid is not None
                 pending.append(cur.lastrowid)
+                uids = explicit or list(range(first, first + n_saves))
+                for s, uid in zip(self._saves, uids, strict=True):
+                    where = fmt.pending_location(s.handle)
+                    if where is not None:  # mdbox: which record a crash would orphan
+                        cur = conn.execute(
+                            "INSERT INTO pending (mailbox_id, uid, count, file_id, offset, size,"
+                            " pid, started) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                            (mbox.info.id, uid, *where, pid, now),
+                        )
+                        assert cur.lastrowid is not None
+                        pending.append(cur.lastrowid)
             if copy_records and dest is not None:
                 dest_first = _bump_uidnext(conn, dest.info.id, len(copy_records))
                 cur = conn.execute(
@@ -516,7 +531,7 @@ class Mailbox:
         """Read the whole mailbox into the view (open)."""
         mid = self.info.id
 
-        def q(conn: sqlite3.Connection) -> tuple[list[Any], Any, int]:
+        def q(conn: sqlite3.Connection) -> tuple[ViewColumns, Any, int]:
             version = int(conn.execute("PRAGMA data_version").fetchone()[0])
             conn.execute("BEGIN")
             try:
@@ -530,12 +545,12 @@ class Mailbox:
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
-            return rows, mb, version
+            return build_columns(rows), mb, version  # built here, off the event loop
 
-        rows, mb, version = await self.user.db.read(q)
+        columns, mb, version = await self.user.db.read(q)
         if mb is None:
             raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
-        self.view.load(rows, mb[0], mb[1], mb[2])
+        self.view.install(columns, mb[0], mb[1], mb[2])
         self.view.data_version = version
 
     async def sync(self) -> bool:
@@ -628,10 +643,28 @@ class Mailbox:
             raise MessageNotFound(f"message {uid} was expunged")
         return recs[0]
 
-    async def open_message(self, record: MailRecord) -> DboxMessage:
-        """Open the stored message (headers of the dbox record read; body not yet)."""
-        msg: DboxMessage = await self.user.format.open_message(self.info, record)
-        return msg
+    async def open_message(self, record: MailRecord, *, want_body: bool = True) -> DboxMessage:
+        """Open the stored message (headers of the dbox record read; body not yet).
+
+        ``want_body`` is a hint: when only the header will be read, less is read ahead
+        while locating the message.  An mdbox record that ``purge`` moved after
+        ``record`` was read is looked up again.
+
+        Raises:
+            MessageNotFound: the message was expunged.
+            DboxCorruptedError: the stored record is damaged (fsck repairs it).
+            FsError: an I/O error.
+        """
+        fmt = self.user.format
+        try:
+            return await fmt.open_message(self.info, record, want_body=want_body)
+        except FsNotFound:
+            if record.map_uid is None:
+                raise
+            fresh = await self.record(record.uid)
+            if (fresh.file_id, fresh.offset) == (record.file_id, record.offset):
+                raise
+            return await fmt.open_message(self.info, fresh, want_body=want_body)
 
     async def set_cache(self, uid: int, cache: bytes) -> None:
         """Store parsed-structure cache bytes for ``uid`` (no modseq change)."""
@@ -641,6 +674,100 @@ class Mailbox:
                 "UPDATE messages SET cache = ? WHERE mailbox_id = ? AND uid = ?", (cache, mid, uid)
             )
         )
+
+    async def set_cache_many(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        """Store parsed-structure cache bytes for many ``(uid, cache)`` in one transaction.
+
+        No modseq change; rows of messages expunged meanwhile are ignored.  Visible to
+        every reader when this returns.
+        """
+        mid = self.info.id
+        items = [(cache, mid, uid) for uid, cache in rows]
+        if not items:
+            return
+        await self.user.db.write(
+            lambda c: c.executemany(
+                "UPDATE messages SET cache = ? WHERE mailbox_id = ? AND uid = ?", items
+            )
+        )
+
+    async def open_stream(
+        self,
+        message: int | MailRecord,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        readahead: int | None = None,
+    ) -> tuple[DboxMessage, BodyStream]:
+        """Open a message and a non-blocking stream over its IMAP bytes ``[start, end)``.
+
+        The seed's ``mail_get_nonblocking_stream()``: the stream's ``read()`` returns
+        buffered bytes, ``b""`` at the end, or raises ``BlockingIOError`` after starting
+        the read; ``set_readable_callback(cb)`` or ``await stream.wait_readable()`` says
+        when to try again (``aread``/``async for`` wrap that), and ``file_range`` gives
+        ``(handle, offset, length)`` for ``os.sendfile`` when the bytes are served as
+        stored.  Nothing of the body is read before the first ``read``.
+
+        Args:
+            message: A UID or an index record (saves the index lookup).
+            start: First IMAP byte.  end: Just past the last one (None: the end).
+            readahead: Bytes per read (default: ``storage.readahead``).
+
+        Returns:
+            ``(message, stream)``; the caller owns the message: ``await message.aclose()``
+            when done with it and the stream.
+
+        Raises:
+            MessageNotFound: the UID is not (or no longer) in the mailbox.
+            CorruptedMessage: the message file is damaged or missing.
+            StorageUnavailable: an I/O failure.
+        """
+        from aiodbox.storage.fetch import open_record
+
+        record = await self.record(message) if isinstance(message, int) else message
+        msg = await open_record(self, record)
+        if msg is None:
+            raise MessageNotFound(f"message {record.uid} was expunged")
+        size = self.user.storage.config.readahead if readahead is None else readahead
+        try:
+            stream = msg.open_body(start, end, readahead=size)
+        except BaseException:
+            await msg.aclose()
+            raise
+        return msg, stream
+
+    def fetch_many(
+        self,
+        uids: Sequence[int],
+        parts: FetchParts,
+        *,
+        prefetch: int | None = None,
+        readahead: int | None = None,
+    ) -> AsyncGenerator[FetchedMessage, None]:
+        """Messages ``uids`` in that order, up to ``prefetch`` loaded at once.
+
+        See :func:`aiodbox.storage.fetch.fetch_many` (same arguments and results).
+        """
+        from aiodbox.storage.fetch import fetch_many
+
+        return fetch_many(self, uids, parts, prefetch=prefetch, readahead=readahead)
+
+    def search(
+        self,
+        criteria: Criterion,
+        *,
+        uids: Sequence[int] | None = None,
+        prefetch: int | None = None,
+        tz: datetime.tzinfo = datetime.UTC,
+        readahead: int | None = None,
+    ) -> AsyncGenerator[int, None]:
+        """UIDs of the messages matching ``criteria``, ascending, as they are decided.
+
+        See :func:`aiodbox.storage.search.search` (same arguments and results).
+        """
+        from aiodbox.storage.search import search
+
+        return search(self, criteria, uids=uids, prefetch=prefetch, tz=tz, readahead=readahead)
 
     # ------------------------------------------------------------ changing
 

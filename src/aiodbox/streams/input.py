@@ -34,7 +34,13 @@ class InputStream:
         end: int | None = None,
         *,
         readahead: int = DEFAULT_READAHEAD,
+        preload: tuple[int, bytes] | None = None,
     ) -> None:
+        """Stream ``[start, end)`` of ``handle``.
+
+        ``preload`` is ``(file offset, bytes)`` already read (e.g. while locating the
+        message): the part of the range it covers is served from it without I/O.
+        """
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid stream range [{start}, {end})")
         if readahead < 1:
@@ -45,6 +51,12 @@ class InputStream:
         self.readahead = readahead
         self._pos = start
         self._pending = b""
+        if preload is not None:
+            at, data = preload
+            if at <= start < at + len(data):
+                stop = len(data) if end is None else min(len(data), end - at)
+                self._pending = data[start - at : stop]
+                self._pos = at + stop
         self._callback: Callable[[], None] | None = None
         self._armed = False
         self._at_eof = False
@@ -62,7 +74,8 @@ class InputStream:
         return self._at_eof or (self.end is not None and self._pos >= self.end)
 
     def read(self, max_size: int | None = None) -> bytes:
-        """Return buffered bytes (at most ``max_size``), or ``b""`` at the end of the range.
+        """Return buffered bytes (at most ``max_size``, by default the read-ahead size), or
+        ``b""`` at the end of the range.
 
         Raises:
             BlockingIOError: no data buffered yet; the readable callback fires later.
@@ -71,6 +84,8 @@ class InputStream:
         """
         if max_size is not None and max_size <= 0:
             return b""
+        if max_size is None:
+            max_size = self.readahead  # (a preload may hold more than one read's worth)
         data = self._pending
         if not data:
             if self._at_eof:
@@ -93,7 +108,7 @@ class InputStream:
                 self._at_eof = True
                 return b""
             self._pos += len(data)
-        if max_size is not None and len(data) > max_size:
+        if len(data) > max_size:
             self._pending = data[max_size:]
             return data[:max_size]
         self._pending = b""
@@ -155,6 +170,8 @@ class InputStream:
             yield chunk
 
 
-def window(handle: FileHandle, offset: int, length: int, **kwargs: int) -> InputStream:
+def window(
+    handle: FileHandle, offset: int, length: int, *, readahead: int = DEFAULT_READAHEAD
+) -> InputStream:
     """A stream over exactly ``length`` bytes at ``offset`` (one message in an mdbox file)."""
-    return InputStream(handle, offset, offset + length, **kwargs)
+    return InputStream(handle, offset, offset + length, readahead=readahead)

@@ -315,6 +315,8 @@ async def test_body_stream_is_non_blocking_with_a_readable_callback() -> None:
     fs = MemoryFS()
     await fs.write_file("u.1", v2_file(b"line one\nline two\n"))
     msg = await open_sdbox_message(fs, "u.1")
+    assert msg.open_body().read() == b"line one\r\nline two\r\n"  # served from the head read
+    msg.preload = None  # without the bytes read while locating it, the stream reads:
     stream = msg.open_body()
     with pytest.raises(BlockingIOError):
         stream.read()  # memory FS reads always complete on a later loop iteration

@@ -244,6 +244,7 @@ class LocalHandle(FileHandle):
         self._next_sequential = 0
         self._wake_scheduled = False
         self._read_errors: dict[int, FsError] = {}
+        self._eof_at: set[int] = set()  # engine reads that found end of file, to report once
         self._wbuf: list[bytes] = []
         self._wbuf_len = 0
         self._sink_fd: int | None = None
@@ -319,6 +320,9 @@ class LocalHandle(FileHandle):
             return self._whole[offset : offset + size]
         if not self._committed_once or size == 0:
             return b""
+        if offset in self._eof_at:
+            self._eof_at.discard(offset)
+            return b""
         for start, data in self._cache:
             if start <= offset < start + len(data):
                 return data[offset - start : offset - start + size]
@@ -373,7 +377,10 @@ class LocalHandle(FileHandle):
             self._read_errors[offset] = _as_fs_error("pread", self.path, exc)
         else:
             data = fut.result()
-            self._cache.append((offset, data))
+            if data:
+                self._cache.append((offset, data))
+            else:  # an empty chunk would never match a lookup: report EOF once instead
+                self._eof_at.add(offset)
             end = offset + max(len(data), 1)
         self._notify_input(offset, end)
 

@@ -4,7 +4,9 @@ Our stand-in for NFS and object storage.  Each open, each read request that reac
 layer, each commit and each metadata call costs one "round trip" of ``delay`` (+ a uniform
 ``jitter`` from a seeded RNG).  Buffered writes are local and cost nothing, as with a real
 client library.  Reads issued while others are in flight overlap, so parallel requests
-cost one round trip per batch: exactly what prefetch is meant to exploit.
+cost one round trip per batch: exactly what prefetch is meant to exploit.  A read asked
+for while the open is still in flight is pipelined behind it (one round trip for both, as
+an object store's GET), so it completes when the open does.
 """
 
 from __future__ import annotations
@@ -53,13 +55,11 @@ class LatencyHandle(WrapperHandle):
         return self.inner.open_error if self.opened else None
 
     def pread(self, size: int, offset: int) -> bytes:
-        if not self.opened:
-            raise BlockingIOError(errno.EAGAIN, "open in progress")
-        if self.inner.open_error is not None:
+        if self.opened and self.inner.open_error is not None:
             raise self.inner.open_error
         if offset in self._reads:
             result = self._reads[offset]
-            if result is None:
+            if result is None or not self.opened:
                 raise BlockingIOError(errno.EAGAIN, "read in progress")
             del self._reads[offset]
             if isinstance(result, FsError):
@@ -75,6 +75,15 @@ class LatencyHandle(WrapperHandle):
 
     def _fetch(self, size: int, offset: int) -> None:
         if offset not in self._reads:
+            return
+        if not self.opened:
+            # The request was sent right behind the open (pipelined, as an object store
+            # GET is one request): it completes once the open has.
+            self.on_next_open(lambda: self._fetch(size, offset))
+            return
+        if self.inner.open_error is not None:
+            self._reads[offset] = self.inner.open_error
+            self._notify_input(offset, offset + 1)
             return
         try:
             data = self.inner.pread(size, offset)
