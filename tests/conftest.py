@@ -13,13 +13,30 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 SLOW_CALLBACK_SECONDS = 0.05
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def _find_fixtures() -> Path:
+    """``../shared/fixtures`` next to the checkout (or next to one of its parents, for a
+    clone made elsewhere); ``$AIODBOX_FIXTURES`` wins; /work/shared/fixtures last."""
+    override = os.environ.get("AIODBOX_FIXTURES")
+    if override:
+        return Path(override)
+    repo = Path(__file__).resolve().parents[1]
+    for parent in repo.parents:
+        candidate = parent / "shared" / "fixtures"
+        if (candidate / "dovecot-2.3" / "manifest.json").is_file():
+            return candidate
+    return Path("/work/shared/fixtures")
+
+
+FIXTURES = _find_fixtures()
 
 
 def _debug_loop() -> asyncio.AbstractEventLoop:
