@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aiodbox.fs.backends.workers import WorkerPool
+from aiodbox.index.changes import watch_directory
 from aiodbox.index.schema import migrate
 
 T = TypeVar("T")
@@ -65,6 +66,19 @@ class IndexDB:
         self._wlock = asyncio.Lock()
         self._rlock = asyncio.Lock()
         self._closed = False
+        self._changes = watch_directory(str(path.parent))
+
+    @property
+    def change_generation(self) -> int | None:
+        """Grows whenever any process wrote to this index (see :mod:`.changes`).
+
+        Equal values mean nothing was committed in between, so ``data_version`` need not
+        be asked; None means changes cannot be watched here (ask every time).
+        """
+        changes = self._changes
+        if changes is None or not changes.alive:
+            return None
+        return changes.current()
 
     @classmethod
     async def open(cls, path: Path) -> IndexDB:
@@ -122,6 +136,8 @@ class IndexDB:
         if self._closed:
             return
         self._closed = True
+        if self._changes is not None:
+            self._changes.close()
         async with self._wlock, self._rlock:
 
             def closing() -> None:

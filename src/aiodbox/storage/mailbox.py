@@ -554,14 +554,20 @@ class Mailbox:
         self.view.data_version = version
 
     async def sync(self) -> bool:
-        """Catch up with changes committed by anyone (cheap when nothing changed).
+        """Catch up with changes committed by anyone (free when nothing changed: the
+        index directory is watched, so no SQLite call is needed to know that).
 
         Returns:
             True if the view changed.
         """
         if self.deleted:
             raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
-        version = await self.user.db.data_version()
+        db = self.user.db
+        generation = db.change_generation
+        if generation is not None and generation == self.view.change_generation:
+            return False  # no process wrote to the index since the last look
+        version = await db.data_version()
+        self.view.change_generation = generation
         if version == self.view.data_version:
             return False
         return await self.refresh()

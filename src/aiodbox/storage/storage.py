@@ -36,12 +36,11 @@ from aiodbox.storage.errors import (
     StorageError,
     UnsupportedBackend,
 )
+from aiodbox.storage.formats import MailFormat, make_format
+from aiodbox.storage.mailbox import Mailbox
 
 if TYPE_CHECKING:
     import sqlite3
-
-    from aiodbox.storage.formats import MailFormat
-    from aiodbox.storage.mailbox import Mailbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +113,6 @@ class Storage:
 
     def format(self, user: User) -> MailFormat:
         """The message-file format object for ``user``."""
-        from aiodbox.storage.formats import make_format
-
         return make_format(self.format_name, user)
 
     async def user(self, name: str, *, create: bool = True) -> User:
@@ -495,8 +492,6 @@ class User:
 
         Call :meth:`Mailbox.close` when done.
         """
-        from aiodbox.storage.mailbox import Mailbox
-
         info = await self.get_mailbox_info(name)
         async with self._mailbox_lock:
             mbox = self._mailboxes.get(info.id)

@@ -101,6 +101,8 @@ class MailboxView:
         self.flag_log_start = 0
         """Flag changes with a modseq above this are all in ``flag_log``."""
         self.data_version = -1
+        self.change_generation: int | None = None
+        """The index's change generation when the view was last checked against it."""
         self._kw_intern: dict[str, tuple[str, ...]] = {"": EMPTY_KEYWORDS}
         self._listeners: list[Callable[[], None]] = []
 
