@@ -63,7 +63,7 @@ class StorageConfig:
     format: str = field(default="mdbox", metadata=_kind("choice", choices=("mdbox", "sdbox")))
     mail_root: Path = field(default=Path("data/mail"), metadata=_kind("path"))
     index_root: Path = field(default=Path("data/index"), metadata=_kind("path"))
-    fs: str = field(default="posix", metadata=_kind("str"))
+    fs: str = field(default="auto", metadata=_kind("str"))
     io_threads: int = field(default=10, metadata=_kind("int", min=1, max=1024))
     prefetch: int = field(default=10, metadata=_kind("int", min=1, max=4096))
     mdbox_rotate_size: int = field(default=10 << 20, metadata=_kind("size"))

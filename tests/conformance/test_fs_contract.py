@@ -129,7 +129,7 @@ RACE_CHILD = """
 import asyncio, sys
 from aiodbox.fs import open_fs, FsExists
 async def main():
-    fs = open_fs("posix", root=sys.argv[1])
+    fs = open_fs(sys.argv[3], root=sys.argv[1])
     h = fs.create("race")
     await h.write_all(sys.argv[2].encode() * 1000)
     try:
@@ -146,7 +146,8 @@ asyncio.run(main())
 @pytest.mark.parametrize("fs_spec", POSIX_SPECS)
 async def test_fail_if_exists_race_across_processes(fs_spec: str, tmp_path: Path) -> None:
     root = str(tmp_path / "xproc")
-    results = await asyncio.gather(*(run_python(RACE_CHILD, root, c) for c in "ABCDEF"))
+    backend = fs_spec.rsplit(":", 1)[-1]  # the children use the same backend
+    results = await asyncio.gather(*(run_python(RACE_CHILD, root, c, backend) for c in "ABCDEF"))
     outs = [out.strip() for rc, out in results]
     assert all(rc == 0 for rc, _ in results), outs
     assert outs.count("WON") == 1 and outs.count("LOST") == 5
@@ -377,7 +378,7 @@ LOCK_CHILD = """
 import asyncio, sys
 from aiodbox.fs import open_fs, OpenMode
 async def main():
-    fs = open_fs("posix", root=sys.argv[1])
+    fs = open_fs(sys.argv[2], root=sys.argv[1])
     h = fs.open("m.1", OpenMode.APPEND)
     await h.wait_open()
     print("LOCKED" if h.try_lock() else "BUSY", flush=True)
@@ -388,15 +389,16 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize("fs_spec", POSIX_SPECS)
-async def test_try_lock_is_exclusive_across_processes(fs: FS, tmp_path: Path) -> None:
+async def test_try_lock_is_exclusive_across_processes(fs: FS, fs_spec: str, tmp_path: Path) -> None:
     await write_file(fs, "m.1", b"")
     h = fs.open("m.1", OpenMode.APPEND)
     await h.wait_open()
     assert h.try_lock()
     root = str(tmp_path / "root")
-    assert (await run_python(LOCK_CHILD, root))[1].strip() == "BUSY"
+    backend = fs_spec.rsplit(":", 1)[-1]
+    assert (await run_python(LOCK_CHILD, root, backend))[1].strip() == "BUSY"
     await h.aclose()
-    assert (await run_python(LOCK_CHILD, root))[1].strip() == "LOCKED"
+    assert (await run_python(LOCK_CHILD, root, backend))[1].strip() == "LOCKED"
 
 
 # -------------------------------------------------------------- append

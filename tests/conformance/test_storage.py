@@ -21,13 +21,24 @@ from aiodbox.storage.errors import (
 )
 from aiodbox.storage.mailbox import DELETED, SEEN, Mailbox
 
+from .conftest import URING_UNAVAILABLE
+
 STORAGE_CASES = [
     ("sdbox", "memory"),
     ("mdbox", "memory"),
     ("sdbox", "posix"),
     ("mdbox", "posix"),
     ("sdbox", "latency:2ms:posix"),
+    ("sdbox", "uring"),
+    ("mdbox", "uring"),
 ]
+
+
+def _case(case: tuple[str, str]) -> object:
+    if case[1].endswith("uring") and URING_UNAVAILABLE is not None:
+        reason = f"io_uring unavailable: {URING_UNAVAILABLE}"
+        return pytest.param(case, marks=pytest.mark.skip(reason=reason))
+    return case
 
 
 def message(n: int, body: bytes = b"") -> bytes:
@@ -37,7 +48,7 @@ def message(n: int, body: bytes = b"") -> bytes:
     ).encode() + body
 
 
-@pytest.fixture(params=STORAGE_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.fixture(params=[_case(c) for c in STORAGE_CASES], ids=lambda c: f"{c[0]}-{c[1]}")
 def case(request: pytest.FixtureRequest) -> tuple[str, str]:
     value: tuple[str, str] = request.param
     return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from aiodbox.config import StorageConfig
-from aiodbox.index.changes import watch_directory
+from aiodbox.index.changes import DirectoryChanges, watch_directory
 from aiodbox.storage import Storage
 
 
@@ -88,3 +89,32 @@ async def test_without_inotify_every_sync_asks_sqlite(
     assert calls == 3
     await inbox.close()
     await st.close()
+
+
+def test_watchers_give_their_inotify_descriptor_back(tmp_path: Path) -> None:
+    """inotify instances are limited per user (often 128): a loop must not keep one."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def watch_and_forget() -> DirectoryChanges | None:
+        return watch_directory(str(tmp_path))
+
+    baseline = open_fds()
+    leftovers = []
+    for _ in range(200):  # more loops than the default max_user_instances
+        leftovers.append(asyncio.run(watch_and_forget()))
+    assert all(c is not None for c in leftovers)
+
+    async def still_works() -> bool:
+        c = watch_directory(str(tmp_path))
+        assert c is not None
+        before = c.current()
+        await asyncio.to_thread((tmp_path / "index.sqlite").write_bytes, b"x")
+        changed = c.current() > before
+        c.close()
+        return changed
+
+    assert asyncio.run(still_works())
+    assert open_fds() <= baseline + 1
+    assert not any(c is not None and c.alive for c in leftovers)

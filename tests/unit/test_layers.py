@@ -34,6 +34,8 @@ SANS_IO = [
     "imap/protocol",
     "auth/sasl.py",
     "auth/schemes.py",
+    "lmtp/data.py",
+    "lmtp/trace.py",
     "importers/dovecot_index.py",
     "importers/dovecot_list.py",
 ]

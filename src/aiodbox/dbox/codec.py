@@ -27,9 +27,11 @@ body began.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 from aiodbox.dbox.format import (
     DIGEST_SIZE,
@@ -65,6 +67,8 @@ from aiodbox.dbox.format import (
 
 _MAX_TAIL = TRAILER_LEN + MAX_METADATA + END_LEN
 _HEADER_PREFIX = b"3 S"
+_FILE_HEADER = re.compile(rb"3 S([0-9a-f]{%d}) C([0-9a-f]{1,16})\n" % SEP_LEN)
+_END_MARKER = re.compile(re.escape(END_PREFIX) + rb"([0-9a-f]{%d})\n" % SEP_LEN)
 
 
 def new_separator() -> bytes:
@@ -89,6 +93,22 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
+def _slot_filler(cls: type) -> Callable[..., Any]:
+    """A constructor for a frozen slots dataclass taking every field positionally, that
+    fills the slots directly: the dataclass ``__init__`` costs an ``object.__setattr__``
+    call per field, and the readers build a few of these per message read."""
+    setters = tuple(getattr(cls, f.name).__set__ for f in fields(cls))
+    new = object.__new__
+
+    def make(*values: object) -> Any:
+        obj: Any = new(cls)
+        for setter, value in zip(setters, values, strict=True):
+            setter(obj, value)
+        return obj
+
+    return make
+
+
 # --------------------------------------------------------------------------- file header
 
 
@@ -105,6 +125,9 @@ class FileHeader:
     sep: bytes
     ctime: int
     length: int
+
+
+_new_file_header: Callable[..., FileHeader] = _slot_filler(FileHeader)
 
 
 def encode_file_header(sep: bytes, ctime: int) -> bytes:
@@ -132,6 +155,9 @@ def parse_file_header(data: bytes, *, eof: bool = False) -> FileHeader | NeedByt
         The header; ``NeedBytes(n)`` to call again with the first ``n`` bytes; or
         ``Corrupted``.
     """
+    m = _FILE_HEADER.match(data)
+    if m is not None:  # the usual, valid header: every check below in one match
+        return _new_file_header(m.group(1), int(m.group(2), 16), m.end())
     head = data[: len(_HEADER_PREFIX)]
     if head != _HEADER_PREFIX[: len(head)]:
         return Corrupted("not a dbox v3 file header")
@@ -251,6 +277,51 @@ def _encode_checked_metadata(m: Metadata) -> bytes:
     return block + b"K%s\n" % _meta_check(block).encode("ascii")
 
 
+_CANONICAL_METADATA = re.compile(
+    rb"Z([0-9a-f]{1,16})\nG([0-9a-f]{32})\n(?:R([0-9a-f]{1,16})\n)?(?:H([0-9a-f]{64})\n)?"
+    rb"(?:B([^\n]*)\n)?(?:P([^\n]*)\n)?(?:O([0-9]{1,19})\n)?K([0-9a-f]{16})\n"
+)
+"""Meta-lines as :func:`encode_metadata` writes them (known keys in order, no extras):
+one match checks every line's syntax at once."""
+
+
+_CANONICAL_TRAILER = re.compile(
+    re.escape(TRAILER_PREFIX)
+    + rb"([0-9a-f]{%d})\n" % SEP_LEN
+    + rb"(Z([0-9a-f]{1,16})\nG([0-9a-f]{32})\n(?:R([0-9a-f]{1,16})\n)?(?:H([0-9a-f]{64})\n)?"
+    rb"(?:B([^\n\x01]*)\n)?(?:P([^\n\x01]*)\n)?(?:O([0-9]{1,19})\n)?)K([0-9a-f]{16})\n"
+    + re.escape(END_PREFIX)
+    + rb"\1\n"
+)
+"""Trailer, canonical meta-lines and end marker in one match (:func:`_trailer_at`).  No
+metadata byte can be ``01``, so the end marker matched is the first one, as the general
+path finds it."""
+
+
+_new_metadata: Callable[..., Metadata] = _slot_filler(Metadata)
+
+
+def _canonical_metadata(
+    z: bytes,
+    g: bytes,
+    r: bytes | None,
+    h: bytes | None,
+    b: bytes | None,
+    p: bytes | None,
+    o: bytes | None,
+) -> Metadata:
+    return _new_metadata(
+        int(z, 16),
+        g.decode("ascii"),
+        None if r is None else int(r, 16),
+        None if h is None else h.decode("ascii"),
+        None if b is None else _text(b),
+        None if p is None else _text(p),
+        None if o is None else int(o),
+        (),
+    )
+
+
 def parse_metadata(block: bytes) -> Metadata | Corrupted:
     """Parse the meta-lines of one record (the bytes between trailer and end marker).
 
@@ -258,6 +329,14 @@ def parse_metadata(block: bytes) -> Metadata | Corrupted:
         The metadata, or ``Corrupted`` if a line is malformed, a known key repeats, ``Z``
         or ``G`` is missing, or ``K`` is missing, not last, or does not match.
     """
+    m = _CANONICAL_METADATA.fullmatch(block) if len(block) <= MAX_METADATA else None
+    if m is not None:
+        # The common case, checked by one regex: exactly what the general path below
+        # accepts for these lines, at a fraction of the cost.
+        z, g, r, h, b, p, o, k = m.groups()
+        if _meta_check(block[: m.start(8) - 1]).encode("ascii") != k:
+            return Corrupted("metadata check K does not match")
+        return _canonical_metadata(z, g, r, h, b, p, o)
     if len(block) > MAX_METADATA:
         return Corrupted(f"metadata longer than {MAX_METADATA} bytes")
     if not block.endswith(b"\n"):
@@ -561,10 +640,19 @@ class Record:
         return self.end - self.offset
 
 
+_new_record: Callable[..., Record] = _slot_filler(Record)
+
+
 def _trailer_at(
     data: bytes, pos: int, sep: bytes, *, eof: bool
 ) -> tuple[Metadata, int] | NeedBytes | Corrupted:
     """Parse the trailer starting at ``data[pos]``; NeedBytes counts from ``pos``."""
+    m = _CANONICAL_TRAILER.match(data, pos)
+    if m is not None and m.group(1) == sep and m.end(2) - m.start(2) <= MAX_METADATA - 18:
+        # The usual record in one match; K is checked as parse_metadata checks it.
+        if _meta_check(m.group(2)).encode("ascii") != m.group(10):
+            return Corrupted("metadata check K does not match")
+        return _canonical_metadata(*m.group(3, 4, 5, 6, 7, 8, 9)), m.end()
     trailer = TRAILER_PREFIX + sep + b"\n"
     have = len(data) - pos
     if have < TRAILER_LEN:
@@ -656,17 +744,15 @@ def read_record(
     metadata, end = found
     if metadata.size != body_size:
         return Corrupted(f"Z is {metadata.size} but the index says {body_size}")
-    return Record(
-        offset=offset,
-        body_offset=offset + 3,
-        body_size=body_size,
-        end=offset + end,
-        metadata=metadata,
-    )
+    return _new_record(offset, offset + 3, body_size, offset + end, metadata)
 
 
 def read_sdbox_tail(
-    tail: bytes, file_size: int, *, header: FileHeader | None = None
+    tail: bytes,
+    file_size: int,
+    *,
+    header: FileHeader | None = None,
+    body_size: int | None = None,
 ) -> Record | NeedBytes | Corrupted:
     """Locate the single record of an sdbox file from the file's last bytes.
 
@@ -680,6 +766,9 @@ def read_sdbox_tail(
         tail: The last ``len(tail)`` bytes of the file.
         file_size: The file's size.
         header: The file header, if the caller has it.
+        body_size: The body size the index recorded, if known: with ``header`` and the
+            whole file, the record is first looked for where that size puts it (one
+            match instead of a search); the result is the same either way.
 
     Returns:
         The record (file offsets); ``NeedBytes(n)``: call again with the last ``n`` bytes;
@@ -691,18 +780,24 @@ def read_sdbox_tail(
     if len(tail) > file_size:
         raise ValueError("tail is longer than the file")
     base = file_size - len(tail)
+    if body_size is not None and header is not None and base == 0 and body_size >= 0:
+        at = header.length
+        found = _trailer_at(tail, at + len(RECORD_START) + body_size, header.sep, eof=True)
+        if (
+            isinstance(found, tuple)
+            and found[1] == file_size
+            and found[0].size == body_size
+            and tail[at : at + len(RECORD_START)] == RECORD_START
+        ):
+            return _new_record(at, at + len(RECORD_START), body_size, file_size, found[0])
     if len(tail) < min(file_size, SDBOX_TAIL_READ):
         return NeedBytes(min(file_size, SDBOX_TAIL_READ))
     if file_size < MIN_V3_HEADER_LEN + 3 + TRAILER_LEN + END_LEN:
         return Corrupted("file too short for a v3 sdbox file")
-    end_marker = tail[-END_LEN:]
-    sep = end_marker[len(END_PREFIX) : -1]
-    if (
-        not end_marker.startswith(END_PREFIX)
-        or not end_marker.endswith(b"\n")
-        or not is_separator(sep)
-    ):
+    end = _END_MARKER.fullmatch(tail, len(tail) - END_LEN)
+    if end is None:
         return Corrupted("the file does not end with a record end marker")
+    sep = end.group(1)
     if header is not None and header.sep != sep:
         return Corrupted("end marker separator differs from the file header's")
     meta_end = len(tail) - END_LEN

@@ -31,6 +31,7 @@ and drops the bytes before ``start`` (it cannot know where they end otherwise).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, TypeVar
@@ -39,6 +40,7 @@ from aiodbox.dbox.codec import (
     FileHeader,
     Metadata,
     parse_file_header,
+    read_record,
     read_sdbox_tail,
     read_trailer,
 )
@@ -67,6 +69,7 @@ from aiodbox.dbox.v2 import (
     parse_v2_file_header,
 )
 from aiodbox.fs.api import FS, FileHandle
+from aiodbox.fs.errors import FsError, FsNotSupported
 from aiodbox.streams.input import DEFAULT_READAHEAD, InputStream, UnexpectedEOF
 
 _T = TypeVar("_T")
@@ -81,6 +84,11 @@ SCAN_INLINE_LIMIT: Final = 1 << 20
 """Files up to this size are scanned on the loop; larger ones in a worker thread."""
 _READY_STREAK: Final = 32
 """``BodyStream.aread`` yields to the loop after this many reads served at once."""
+MDBOX_WHOLE_READ: Final = (
+    DEFAULT_READAHEAD - TRAILER_LEN - MDBOX_METADATA_RESERVE - len(RECORD_START)
+)
+"""mdbox records whose body is at most this long are read whole when opened (one read
+instead of one for the framing and one more for the body)."""
 
 
 # ------------------------------------------------------------------------------- errors
@@ -127,6 +135,11 @@ async def _read_span(handle: FileHandle, offset: int, size: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def read_span(handle: FileHandle, offset: int, size: int) -> bytes:
+    """Await ``size`` bytes at ``offset`` (fewer only when the file ends first)."""
+    return await _read_span(handle, offset, size)
 
 
 async def _concurrently(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
@@ -471,6 +484,21 @@ class DboxMessage:
         """True if IMAP bytes differ from the stored bytes (a v2 body with bare LFs)."""
         return self.imap_size != self.stored_size
 
+    def preloaded_body(self) -> bytes | None:
+        """The whole IMAP body if the bytes read while opening hold all of it (small
+        messages), else None.  No I/O."""
+        preload = self.preload
+        if preload is None or self.imap_size != self.stored_size:
+            return None
+        at, data = preload
+        first = self.body_offset - at
+        last = first + self.stored_size
+        if first < 0 or last > len(data):
+            return None
+        if first == 0 and last == len(data):
+            return data
+        return data[first:last]
+
     def open_body(
         self, start: int = 0, end: int | None = None, *, readahead: int = DEFAULT_READAHEAD
     ) -> BodyStream:
@@ -508,6 +536,12 @@ class DboxMessage:
             preload=self.preload,
         )
         return BodyStream(raw, path=self.path, start=first, size=size, skip=first, convert=True)
+
+    def close(self) -> None:
+        """Close the handle if this message owns it, without waiting for the clean-up."""
+        if self._owns_handle:
+            self._owns_handle = False
+            self.handle.close()
 
     async def aclose(self) -> None:
         """Close the handle if this message owns it (sdbox); streams stop working then."""
@@ -613,6 +647,7 @@ async def open_mdbox_message(
     *,
     body_size: int | None = None,
     header: FileHeader | V2FileHeader | None = None,
+    whole_limit: int = MDBOX_WHOLE_READ,
 ) -> DboxMessage:
     """Locate the record at ``offset`` of an mdbox file and check its framing.
 
@@ -627,9 +662,12 @@ async def open_mdbox_message(
             v2: None (the message header has the size); if given, it must equal the
             size in the message header (this is not the map's record size).
         header: The file header from :func:`read_file_header`, if already known.
+        whole_limit: A v3 record whose body is at most this long is read whole in one
+            read (framing, body and trailer): its body streams are then served from
+            those bytes (:attr:`DboxMessage.preload`).  Larger bodies are not read.
 
     Returns:
-        The message. The body is not read (see :func:`verify_body`).
+        The message.
 
     Raises:
         ValueError: a v3 record without ``body_size``, or a negative offset or size.
@@ -646,6 +684,8 @@ async def open_mdbox_message(
         raise ValueError("a v3 mdbox record needs the body size the index recorded")
     sep = header.sep
     path = handle.path
+    if body_size <= whole_limit:
+        return await _mdbox_whole_record(handle, offset, body_size, sep)
     trailer_at = offset + len(RECORD_START) + body_size
     start, trailer = await _concurrently(
         _read_span(handle, offset, len(RECORD_START)),
@@ -676,6 +716,109 @@ async def open_mdbox_message(
         imap_size=body_size,
         metadata=trailer.metadata,
     )
+
+
+def open_mdbox_message_now(
+    handle: FileHandle, offset: int, body_size: int, header: FileHeader | V2FileHeader
+) -> DboxMessage | None:
+    """:func:`open_mdbox_message` for a small v3 record, without waiting: the message if
+    the handle can serve the whole record at once (the page cache), else None (nothing
+    was started that needs waiting for; use :func:`open_mdbox_message`).
+
+    Raises:
+        DboxCorruptedError: the record is damaged.
+        FsError: the open or a read failed.
+    """
+    if not isinstance(header, FileHeader) or body_size > MDBOX_WHOLE_READ or offset < 0:
+        return None
+    want = len(RECORD_START) + body_size + TRAILER_LEN + MDBOX_METADATA_RESERVE
+    try:
+        data = handle.pread(want, offset)
+    except BlockingIOError:
+        return None
+    return mdbox_message_from_span(handle, header, offset, body_size, data, offset)
+
+
+def mdbox_record_span(offset: int, body_size: int) -> int:
+    """Bytes from ``offset`` that hold a v3 mdbox record with a ``body_size`` body and
+    metadata of the usual size (what :func:`mdbox_message_from_span` needs)."""
+    return len(RECORD_START) + body_size + TRAILER_LEN + MDBOX_METADATA_RESERVE
+
+
+def mdbox_message_from_span(
+    handle: FileHandle,
+    header: FileHeader,
+    offset: int,
+    body_size: int,
+    data: bytes,
+    data_offset: int,
+) -> DboxMessage | None:
+    """The v3 record at ``offset`` of an mdbox file, from bytes already read: ``data``
+    holds the file from ``data_offset`` (one read may serve several records).  The body
+    is kept as the message's preload.
+
+    Returns:
+        The message, or None if ``data`` does not hold all of the record (read it with
+        :func:`open_mdbox_message`).
+
+    Raises:
+        DboxCorruptedError: the record is damaged.
+    """
+    rel = offset - data_offset
+    if rel < 0 or rel >= len(data):
+        return None
+    stop = rel + mdbox_record_span(offset, body_size)
+    window = data if rel == 0 and stop >= len(data) else data[rel:stop]
+    record = read_record(window, header.sep, body_size, offset=offset)
+    if isinstance(record, NeedBytes):
+        return None  # a short read (or the end of the file): the awaitable path decides
+    if isinstance(record, Corrupted):
+        raise _corrupted(handle.path, offset, record)
+    msg = DboxMessage(
+        handle,
+        owns_handle=False,
+        format="v3",
+        offset=offset,
+        body_offset=record.body_offset,
+        end=record.end,
+        stored_size=body_size,
+        imap_size=body_size,
+        metadata=record.metadata,
+    )
+    msg.preload = (offset, window)
+    return msg
+
+
+async def _mdbox_whole_record(
+    handle: FileHandle, offset: int, body_size: int, sep: bytes
+) -> DboxMessage:
+    """A small v3 mdbox record read in one go: start, body and trailer (the body is kept
+    as the message's preload)."""
+    want = len(RECORD_START) + body_size + TRAILER_LEN + MDBOX_METADATA_RESERVE
+    data = await _read_span(handle, offset, want)
+    while True:
+        record = read_record(data, sep, body_size, offset=offset, eof=len(data) < want)
+        if not isinstance(record, NeedBytes):
+            break
+        want = max(record.size, len(data) + 1)
+        data += await _read_span(handle, offset + len(data), want - len(data))
+    if isinstance(record, Corrupted):
+        if len(data) < len(RECORD_START):
+            record = Corrupted("truncated: the file ends before the record")
+        raise _corrupted(handle.path, offset, record)
+    msg = DboxMessage(
+        handle,
+        owns_handle=False,
+        format="v3",
+        offset=offset,
+        body_offset=record.body_offset,
+        end=record.end,
+        stored_size=body_size,
+        imap_size=body_size,
+        metadata=record.metadata,
+    )
+    msg.preload = (offset, data)
+    return msg
 
 
 async def _sdbox_v3(
@@ -766,6 +909,89 @@ async def open_sdbox_message(fs: FS, path: str, *, head_read: int = SDBOX_HEAD_R
     except BaseException:
         await handle.aclose()
         raise
+
+
+class _BytesHandle(FileHandle):
+    """A read-only handle over bytes already read (a small file read whole)."""
+
+    def __init__(self, path: str, data: bytes) -> None:
+        super().__init__(path)
+        self._data = data
+
+    @property
+    def opened(self) -> bool:
+        return True
+
+    @property
+    def open_error(self) -> FsError | None:
+        return None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        if size < 0 or offset < 0:
+            raise ValueError("size and offset must be >= 0")
+        return self._data[offset : offset + size]
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        raise FsError("write", self.path, errno.EBADF, "opened read-only")
+
+    def commit(self, filename: str | None = None) -> None:
+        raise FsError("commit", self.path, errno.EBADF, "opened read-only")
+
+    def rollback(self) -> None:
+        return
+
+    def close(self) -> None:
+        return
+
+    def try_lock(self) -> bool:
+        raise FsNotSupported("lock", self.path, errno.ENOTSUP)
+
+    @property
+    def size(self) -> int | None:
+        return len(self._data)
+
+
+def sdbox_message_from_bytes(
+    path: str, data: bytes, *, body_size: int | None = None
+) -> DboxMessage | None:
+    """The message of an sdbox file read whole (:meth:`FS.read_small_files`): parsed from
+    ``data`` without I/O; its body streams are served from ``data``.  ``body_size``, the
+    size the index recorded, is a hint that saves searching for the record.
+
+    Returns:
+        The message, or None for a Dovecot v2 file (use :func:`open_sdbox_message`).
+
+    Raises:
+        DboxCorruptedError: the file is not a valid sdbox file (the codec's reason).
+    """
+    size = len(data)
+    header = _parse_any_header(data, True)
+    if isinstance(header, V2FileHeader):
+        return None
+    if isinstance(header, NeedBytes):
+        header = Corrupted("truncated: the file ends inside its header")
+    if isinstance(header, Corrupted):
+        raise _corrupted(path, 0, header)
+    record = read_sdbox_tail(data, size, header=header, body_size=body_size)
+    if isinstance(record, NeedBytes):
+        record = Corrupted("the record cannot be located from the end of the file")
+    if isinstance(record, Corrupted):
+        raise _corrupted(path, header.length, record)
+    if data[record.offset : record.offset + len(RECORD_START)] != RECORD_START:
+        raise DboxCorruptedError(path, record.offset, "record does not start with 01 02 LF")
+    msg = DboxMessage(
+        _BytesHandle(path, data),
+        owns_handle=False,  # (nothing to release)
+        format="v3",
+        offset=record.offset,
+        body_offset=record.body_offset,
+        end=record.end,
+        stored_size=record.body_size,
+        imap_size=record.body_size,
+        metadata=record.metadata,
+    )
+    msg.preload = (0, data)
+    return msg
 
 
 # ------------------------------------------------------------------------------- checks

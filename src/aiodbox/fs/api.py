@@ -32,7 +32,7 @@ import abc
 import asyncio
 import enum
 import errno
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -480,6 +480,54 @@ class FS(abc.ABC):
             return b"".join(parts)
         finally:
             await h.aclose()
+
+    async def read_small_files(
+        self, paths: Sequence[str], limit: int
+    ) -> list[bytes | FsError | None]:
+        """Read several small files whole, together (convenience for prefetching).
+
+        Returns, for each path in order: its whole committed content if it is at most
+        ``limit`` bytes; None if it is larger (open it to read it in parts); or the
+        :class:`~aiodbox.fs.errors.FsError` reading it raised (``FsNotFound`` for a
+        missing file).  Other exceptions propagate.
+
+        Backends may do it in fewer round trips or hand-offs than one open per file
+        (posix: one worker job for the lot); this default opens every file at once, each
+        with its first read already asked for.
+        """
+
+        async def one(path: str) -> bytes | FsError | None:
+            h = self.open(path)
+            try:
+                data = await h.read(limit + 1, 0)
+                size = h.size
+                while len(data) <= limit and (size is None or len(data) < size):
+                    if size is not None and size > limit:
+                        return None
+                    more = await h.read(limit + 1 - len(data), len(data))
+                    if not more:
+                        break
+                    data += more
+                return None if len(data) > limit else data
+            except FsError as e:
+                return e
+            finally:
+                await h.aclose()
+
+        if len(paths) == 1:
+            return [await one(paths[0])]
+        return list(await asyncio.gather(*(one(p) for p in paths)))
+
+    def read_small_file_now(self, path: str, limit: int) -> bytes | None:
+        """:meth:`read_small_files` for one file, without waiting: its whole content, or
+        None if it is larger than ``limit``, when the backend can tell at once (posix:
+        path and data in the kernel's caches).
+
+        Raises:
+            BlockingIOError: not possible without waiting, or not known to be (nothing
+                was started): use :meth:`read_small_files`, which also reports errors.
+        """
+        raise BlockingIOError(errno.EAGAIN, "no immediate reads")
 
     async def write_file(
         self,

@@ -6,7 +6,7 @@ Grammar (layers separated by ``:``, outermost first; the last layer is a backend
     wrapper  = "latency" ":" DURATION *("," ("jitter=" DURATION / "seed=" INT))
              / "randomfail" ":" PROBABILITY *("," "seed=" INT)
              / "stats"
-    backend  = "memory" / "posix" [":" ROOT]
+    backend  = "memory" / ("posix" / "uring" / "auto") [":" ROOT]
 
 A backend's root may also come from the ``root`` option (the storage passes
 ``mail_root`` that way); a root written in the spec wins.  Other keyword options go to
@@ -16,6 +16,7 @@ the backend (``io_threads``, ``fsync``, ``readahead``, ``nowait_reads`` ...).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from aiodbox.fs.api import FS
 from aiodbox.fs.backends.memory import MemoryFS
 from aiodbox.fs.backends.posix_threads import posix_fs
+from aiodbox.fs.backends.uring import UringUnavailable, uring_fs
+from aiodbox.fs.backends.uring_ring import probe
 from aiodbox.fs.wrappers.latency import LatencyFS
 from aiodbox.fs.wrappers.randomfail import RandomFailFS
 from aiodbox.fs.wrappers.stats import StatsFS
@@ -156,3 +159,53 @@ def _posix(root: str | None, **options: Any) -> FS:
 
 register_backend("memory", _memory)
 register_backend("posix", _posix)
+
+
+# --- io_uring and the automatic choice ------------------------------------------------
+
+_log = logging.getLogger("aiodbox.fs")
+
+_URING_ONLY = (
+    "uring_entries",
+    "uring_max_in_flight",
+    "uring_reap_batch",
+    "uring_direct_descriptors",
+    "uring_page_cache_fast_path",
+)
+_POSIX_ONLY = ("use_openat2",)
+
+
+class FsUnavailable(FsSpecError):
+    """The backend named in the spec cannot run here (the message says why)."""
+
+
+def _uring(root: str | None, **options: Any) -> FS:
+    if not root:
+        raise FsSpecError("the uring backend needs a root: 'uring:/path' or root=...")
+    try:
+        return uring_fs(str(root), **options)
+    except UringUnavailable as e:
+        raise FsUnavailable(
+            f'the uring backend is unavailable: {e.reason} (use fs = "auto" to fall back to posix)'
+        ) from e
+
+
+def _auto(root: str | None, **options: Any) -> FS:
+    """``uring`` where the io_uring probe says it works, else ``posix``; logs the choice."""
+    if not root:
+        raise FsSpecError("the auto backend needs a root: 'auto:/path' or root=...")
+    reason = probe()
+    if reason is None:
+        try:
+            fs = _uring(root, **{k: v for k, v in options.items() if k not in _POSIX_ONLY})
+        except FsUnavailable as e:
+            reason = str(e)
+        else:
+            _log.info("fs auto: using the uring backend (io_uring works here)")
+            return fs
+    _log.info("fs auto: using the posix backend; io_uring is unavailable: %s", reason)
+    return _posix(root, **{k: v for k, v in options.items() if k not in _URING_ONLY})
+
+
+register_backend("uring", _uring)
+register_backend("auto", _auto)

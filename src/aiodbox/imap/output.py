@@ -16,12 +16,18 @@ Small responses are gathered with :meth:`Output.buffer` into one write of up to
 are copied from the non-blocking :class:`~aiodbox.dbox.file_read.BodyStream`
 (:meth:`Output.copy_stream`: ``read()``, or wait for the readable callback on
 ``BlockingIOError``), or, when the connection has no TLS, the bytes are stored as served
-and the backend exposes a real file descriptor, handed to ``loop.sendfile`` (the kernel
-copies file pages straight to the socket).  ``sendfile`` reads the file in the calling
-thread, so before using it on the loop the range is checked to be in the page cache
-(a ``preadv2(RWF_NOWAIT)`` probe of its first and last byte); a cold range is read into
-the cache by a worker thread first.  The residual risk (a middle page evicted between
-the probe and the send) costs one page-in on the loop, never a wrong answer.
+and the backend exposes a real file descriptor, sent with ``os.sendfile`` on the socket
+(:meth:`Output.sendfile`: the kernel copies file pages straight to the socket, at most
+256 KiB per call, yielding to the loop between calls).  ``loop.sendfile`` is not used:
+uvloop lacks it.  The socket is written directly only while the transport holds nothing;
+when it is full, one read-ahead-sized piece goes through the transport and the send
+waits until the transport drained it (its write-buffer limits set to zero meanwhile), so
+a client that does not read still holds at most ``output_buffer_size`` plus one piece.
+``sendfile`` reads the file in the calling thread, so before using it on the loop the
+range is checked to be in the page cache (a ``preadv2(RWF_NOWAIT)`` probe of its first
+and last byte); a cold range is read into the cache by a worker thread first.  The
+residual risk (a middle page evicted between the probe and the send) costs one page-in
+on the loop, never a wrong answer.
 
 If the connection is lost, writes are dropped and :meth:`Output.drain` raises
 :class:`ConnectionLost`, which ends the running command quietly.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -44,6 +51,10 @@ SENDFILE_MIN = 128 << 10
 _YIELD_EVERY = 16
 """``copy_stream`` yields to the loop after this many chunks served without waiting."""
 _WARM_CHUNK = 1 << 20
+_SENDFILE_CHUNK = 256 << 10
+"""At most this much per ``sendfile`` call; the loop is yielded to between calls."""
+_PIECE = 64 << 10
+"""What goes through the transport when the socket is full (see :meth:`Output.sendfile`)."""
 
 
 class ConnectionLost(Exception):
@@ -55,27 +66,6 @@ class OutputError(Exception):
 
     The protocol cannot recover from that: the connection must be closed.
     """
-
-
-class _FdFile:
-    """The minimal file object ``loop.sendfile`` needs, over a descriptor we do not own."""
-
-    __slots__ = ("_fd", "_pos")
-    mode = "rb"
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pos = 0
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos
-        return pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 def _resident(fd: int, offset: int, count: int) -> bool:
@@ -91,6 +81,21 @@ def _resident(fd: int, offset: int, count: int) -> bool:
     except OSError:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
         return False
     return True
+
+
+async def _read_piece(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset``: from the page cache on the loop, else in a thread."""
+    flags = getattr(os, "RWF_NOWAIT", 0)
+    if flags:
+        buf = bytearray(size)
+        try:
+            n = os.preadv(fd, [buf], offset, flags)
+        except OSError:  # EAGAIN: not cached (EOPNOTSUPP: cannot tell)
+            pass
+        else:
+            if n == size:
+                return bytes(buf)
+    return await asyncio.to_thread(os.pread, fd, size, offset)
 
 
 def _warm(fd: int, offset: int, count: int) -> None:
@@ -152,6 +157,16 @@ class Output:
         if batch is None:
             batch = self._batch = bytearray()
         batch += data
+        if len(batch) >= BATCH_SIZE:
+            self.flush()
+
+    def buffer_parts(self, parts: list[bytes]) -> None:
+        """:meth:`buffer` for a response in pieces (each copied once, into the batch)."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = bytearray()
+        for part in parts:
+            batch += part
         if len(batch) >= BATCH_SIZE:
             self.flush()
 
@@ -239,7 +254,14 @@ class Output:
                     await asyncio.sleep(0)
 
     async def sendfile(self, fd: int, offset: int, count: int) -> bool:
-        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``loop.sendfile``.
+        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile``.
+
+        The kernel copies the file's pages to the socket; nothing passes through Python.
+        The socket is written directly (non-blocking), only while the transport has
+        nothing queued, so the order of the bytes is kept.  When the socket is full, the
+        next piece goes through the transport (one read-ahead of copying) and the send
+        waits until the transport drained it: that is how the socket is known to be
+        writable again, on any event loop (uvloop has no ``loop.sendfile``).
 
         Returns:
             True if everything was sent; False if sendfile is not possible on this
@@ -251,32 +273,59 @@ class Output:
         """
         if not self.sendfile_ok or self._closed:
             return False
-        await self.drain()
-        loop = asyncio.get_running_loop()
-        if not _resident(fd, offset, count):
-            await asyncio.to_thread(_warm, fd, offset, count)
-        if self._closed:
-            raise ConnectionLost
-        file = _FdFile(fd)
-        try:
-            sent = await loop.sendfile(
-                self.transport,
-                file,  # type: ignore[arg-type]  # fileno/seek/tell/mode are what it uses
-                offset,
-                count,
-                fallback=False,
-            )
-        except (RuntimeError, NotImplementedError, asyncio.SendfileNotAvailableError):
-            moved = file.tell() - offset if file.tell() else 0
-            if moved > 0:
-                raise OutputError("sendfile failed midway") from None
+        sock = self.transport.get_extra_info("socket")
+        sock_fd = sock.fileno() if sock is not None else -1
+        if sock_fd < 0:
             self.sendfile_ok = False
             return False
-        except (ConnectionError, OSError) as exc:
-            if self._closed or self.transport.is_closing():
-                raise ConnectionLost from exc
-            raise OutputError(f"sendfile failed: {exc}") from exc
-        self.bytes_out += sent
-        if sent != count:
-            raise OutputError(f"sendfile sent {sent} of {count} bytes")
+        await self.drain()
+        if not _resident(fd, offset, count):
+            await asyncio.to_thread(_warm, fd, offset, count)
+        sent = 0
+        while sent < count:
+            if self._closed:
+                raise ConnectionLost
+            if self.transport.get_write_buffer_size():
+                await self._drain_all()
+                continue
+            want = min(count - sent, _SENDFILE_CHUNK)
+            try:
+                n = os.sendfile(sock_fd, fd, offset + sent, want)
+            except BlockingIOError:
+                n = -1
+            except OSError as exc:
+                if self._closed or self.transport.is_closing():
+                    raise ConnectionLost from exc
+                if sent == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    self.sendfile_ok = False  # not for this socket or file: stream instead
+                    return False
+                raise OutputError(f"sendfile failed: {exc}") from exc
+            if n == 0:
+                raise OutputError(f"sendfile sent {sent} of {count} bytes: the file is short")
+            if n > 0:
+                sent += n
+                self.bytes_out += n
+                await asyncio.sleep(0)  # other connections go between two calls
+                continue
+            # The socket is full: hand the next piece to the transport, which sends it
+            # when the socket takes more; wait for that.
+            piece = await _read_piece(fd, offset + sent, min(count - sent, _PIECE))
+            if not piece:
+                raise OutputError(f"sendfile sent {sent} of {count} bytes: the file is short")
+            self.transport.write(piece)
+            sent += len(piece)
+            self.bytes_out += len(piece)
+            await self._drain_all()
         return True
+
+    async def _drain_all(self) -> None:
+        """Wait until the transport has sent everything it holds (not just down to its
+        low-water mark), then restore its limits."""
+        t = self.transport
+        low, high = t.get_write_buffer_limits()
+        t.set_write_buffer_limits(high=0, low=0)  # pauses us now if anything is queued
+        try:
+            await self.drain()
+        finally:
+            if not self._closed:
+                t.set_write_buffer_limits(high=high, low=low)

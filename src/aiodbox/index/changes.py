@@ -105,10 +105,29 @@ class _Watcher:
             if not listeners:
                 del self.by_wd[wd]
                 _libc.inotify_rm_watch(self.fd, wd)
+        if not self.by_wd:
+            self.close()
+
+    def close(self) -> None:
+        """Give the inotify descriptor back (instances are a scarce per-user resource)."""
+        if self.fd < 0:
+            return
+        for listeners in self.by_wd.values():
+            for c in listeners:  # nobody counts their writes any more
+                c.alive = False
+                c.generation += 1
+                c._watcher = None
+        self.by_wd.clear()
+        if _watchers.get(self.loop) is self:
+            del _watchers[self.loop]
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
 
     def drain(self) -> None:
         """Read every queued event (also the ``add_reader`` callback)."""
-        while True:
+        while self.fd >= 0:
             try:
                 data = os.read(self.fd, 64 * 1024)
             except BlockingIOError:
@@ -142,12 +161,7 @@ class _Watcher:
                 c.generation += 1
 
     def _fail_all(self) -> None:
-        for listeners in self.by_wd.values():
-            for c in listeners:
-                c.alive = False
-                c.generation += 1
-        self.by_wd.clear()
-        self.loop.remove_reader(self.fd)
+        self.close()
 
 
 class _Libc:
@@ -189,8 +203,9 @@ def watch_directory(directory: str) -> DirectoryChanges | None:
     if not _libc.ok or os.environ.get("AIODBOX_NO_INOTIFY"):
         return None
     loop = asyncio.get_running_loop()
+    _close_watchers_of_closed_loops()
     watcher = _watchers.get(loop)
-    if watcher is None or loop.is_closed():
+    if watcher is None:
         fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -199,5 +214,14 @@ def watch_directory(directory: str) -> DirectoryChanges | None:
             return None
         watcher = _Watcher(loop, fd)
         _watchers[loop] = watcher
-        weakref.finalize(loop, os.close, fd)
-    return watcher.watch(directory)
+    changes = watcher.watch(directory)
+    if not watcher.by_wd:
+        watcher.close()
+    return changes
+
+
+def _close_watchers_of_closed_loops() -> None:
+    """A loop that closed with directories still watched leaves its descriptor here."""
+    for loop, watcher in list(_watchers.items()):
+        if loop.is_closed():
+            watcher.close()

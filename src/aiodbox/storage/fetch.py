@@ -57,7 +57,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiodbox.dbox.file import BodyStream, DboxCorruptedError, DboxMessage
 from aiodbox.fs import FsError, FsNotFound
@@ -89,6 +89,9 @@ HEADER_READ = 8 << 10
 """Read size when only the header is wanted and its length is not known."""
 YIELD_EVERY = 256 << 10
 """Parsing or matching this many bytes served at once (cached files) yields to the loop."""
+SMALL_FILE_SLACK = 1024
+"""Messages up to ``readahead`` minus this (framing and metadata) are opened as small
+files: read whole, several at a time where the format can (sdbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,9 @@ class FetchedMessage:
         message: The open message if ``FetchParts.body``/``ranges``/``ranges_for``,
             else None.  Owned by this object: :meth:`aclose` closes it.
         streams: Prefetched streams not taken yet, by ``(start, end)``.
+        data: The whole message (its IMAP bytes) when ``FetchParts.body`` was asked and
+            the message was small enough to be read whole while it was opened; else
+            None (read it through :meth:`open_body`, which works in both cases).
     """
 
     uid: int
@@ -154,6 +160,7 @@ class FetchedMessage:
     header: bytes | None = None
     message: DboxMessage | None = None
     streams: dict[ByteRange, BodyStream] = field(default_factory=dict)
+    data: bytes | None = None
 
     def open_body(
         self, start: int = 0, end: int | None = None, *, readahead: int | None = None
@@ -401,6 +408,15 @@ async def _load(
     if msg is None:
         return None
     fetched.message = msg
+    if parts.body and not (parse or parts.ranges or parts.ranges_for is not None):
+        # A small message was read whole while locating it: no stream, no more reads.
+        data = msg.preloaded_body()
+        if data is not None and (not parts.header or cached is not None):
+            fetched.data = data
+            if parts.header:
+                assert cached is not None
+                fetched.header = data[: cached.parts[0].header_size.physical]
+            return fetched
     try:
         jobs = []
         if parse or parts.body or (parts.header and cached is None):
@@ -471,6 +487,116 @@ async def _run_all(jobs: Sequence[Coroutine[object, object, None]]) -> None:
             raise
 
 
+def _whole_only(parts: FetchParts) -> bool:
+    """True if ``parts`` asks for the whole body and nothing that needs more reading (the
+    header and structure are served from the cache entry, when there is one)."""
+    return parts.body and not parts.ranges and parts.ranges_for is None
+
+
+def _small_cache(record: MailRecord, parts: FetchParts) -> tuple[bool, MessageSummary | None]:
+    """Whether the small-message paths can serve ``record`` (the header and structure, if
+    asked for, must come from its cache entry), and that entry."""
+    if not (parts.needs_summary or parts.header):
+        return True, None
+    cached = _cached_summary(record)
+    return cached is not None, cached
+
+
+def _small_fetched(
+    record: MailRecord, msg: DboxMessage, parts: FetchParts, cached: MessageSummary | None
+) -> FetchedMessage | None:
+    """A :class:`FetchedMessage` for a message whose body was read whole while opening
+    it; None (the message closed) if it was not."""
+    data = msg.preloaded_body()
+    if data is None:
+        msg.close()
+        return None
+    fetched = FetchedMessage(record.uid, record, message=msg, data=data)
+    if cached is not None:
+        if parts.needs_summary:
+            fetched.summary = cached
+        if parts.header:
+            fetched.header = data[: cached.parts[0].header_size.physical]
+    return fetched
+
+
+def _load_now(mailbox: Mailbox, record: MailRecord, parts: FetchParts) -> FetchedMessage | None:
+    """:func:`_load` for a small message that can be served without waiting (its bytes in
+    the page cache, see :meth:`MailFormat.open_message_now`); else None.
+
+    Any failure also gives None: the awaitable path meets it again and reports it as
+    :func:`_load` does.
+    """
+    ok, cached = _small_cache(record, parts)
+    if not ok:
+        return None
+    try:
+        msg = mailbox.user.format.open_message_now(mailbox.info, record)
+    except (DboxCorruptedError, FsError):
+        return None
+    if msg is None:
+        return None
+    return _small_fetched(record, msg, parts, cached)
+
+
+class _Group:
+    """Small messages opened together (:meth:`MailFormat.open_small`), in order."""
+
+    __slots__ = ("records", "task")
+
+    def __init__(
+        self, records: list[MailRecord], task: asyncio.Task[list[DboxMessage | Exception | None]]
+    ) -> None:
+        self.records = records
+        self.task = task
+
+
+_Slot = asyncio.Task[FetchedMessage | None] | FetchedMessage | _Group
+
+
+def _small_slot(
+    loop: asyncio.AbstractEventLoop,
+    rec: MailRecord,
+    msg: DboxMessage | Exception | None,
+    parts: FetchParts,
+    cache_needed: bool,
+    load: Callable[[MailRecord], asyncio.Task[FetchedMessage | None]],
+) -> _Slot:
+    """The window slot for a message :meth:`Mailbox.open_small` opened (or did not)."""
+    if isinstance(msg, DboxMessage):
+        cached = _small_cache(rec, parts)[1] if cache_needed else None
+        fetched = _small_fetched(rec, msg, parts, cached)
+        if fetched is not None:
+            return fetched
+    elif msg is not None and not isinstance(msg, FsNotFound):
+        return _failed(loop, rec.uid, msg)  # reported at its turn
+    return load(rec)  # the general path (which meets a missing file's expunge, too)
+
+
+async def _group_result(group: _Group) -> list[DboxMessage | Exception | None]:
+    """The messages of a group; all None (each then takes the general path, which meets
+    the problem again and reports it) if opening them together failed as a whole."""
+    try:
+        return await group.task
+    except Exception:
+        return [None] * len(group.records)
+
+
+def _failed(
+    loop: asyncio.AbstractEventLoop, uid: int, exc: Exception
+) -> asyncio.Task[FetchedMessage | None]:
+    """A slot that raises what opening message ``uid`` failed with, as :func:`_load`
+    would (``CorruptedMessage``, ``StorageUnavailable``)."""
+
+    async def fail() -> FetchedMessage | None:
+        err = _as_storage_error(uid, exc)
+        if err is None:
+            raise exc
+        raise err from exc
+
+    return loop.create_task(fail())
+
+
 def prefetch_depth(mailbox: Mailbox, prefetch: int | None) -> int:
     """``prefetch`` or the configured ``storage.prefetch`` (at least 1)."""
     depth = mailbox.user.storage.config.prefetch if prefetch is None else prefetch
@@ -514,13 +640,26 @@ async def fetch_many(
     chunk = readahead if readahead is not None else mailbox.user.storage.config.readahead
     wanted = list(uids)
     loop = asyncio.get_running_loop()
-    window: collections.deque[asyncio.Task[FetchedMessage | None]] = collections.deque()
+    fmt = mailbox.user.format
+    window: collections.deque[_Slot] = collections.deque()
+    held = 0  # messages in the window (a group holds several)
     records: collections.deque[MailRecord] = collections.deque()
     next_uid = 0
     cache = _CacheWriter(mailbox)
+    now = _whole_only(parts)
+    grouped = now and fmt.small_batches
+    cache_needed = parts.needs_summary or parts.header
+    # Overlapping groups keep reads in flight while a group is delivered; a format whose
+    # group is one read (mdbox) takes the whole window at once.
+    group_size = max(1, depth // 2) if fmt.small_overlap else depth
+    small = max(1, chunk - SMALL_FILE_SLACK)
+
+    def load(rec: MailRecord) -> asyncio.Task[FetchedMessage | None]:
+        return loop.create_task(_load(mailbox, rec, parts, chunk, cache))
+
     try:
         while True:
-            while len(window) < depth:
+            while held < depth:
                 if not records and next_uid < len(wanted):
                     batch = wanted[next_uid : next_uid + RECORD_BATCH]
                     next_uid += len(batch)
@@ -529,19 +668,61 @@ async def fetch_many(
                     continue
                 if not records:
                     break
+                if grouped and records[0].size <= small:
+                    room = min(depth - held, group_size)
+                    more = len(records) > room or next_uid < len(wanted)
+                    if room < group_size and more and window:
+                        break  # wait for room for a whole group
+                    group: list[MailRecord] = []
+                    while records and len(group) < room and records[0].size <= small:
+                        if cache_needed and not _small_cache(records[0], parts)[0]:
+                            break
+                        group.append(records.popleft())
+                    if group:
+                        # What can be opened at once (cached files) needs no task.
+                        done = mailbox.open_small_now(group, chunk)
+                        for rec, msg in zip(group, done, strict=False):
+                            window.append(_small_slot(loop, rec, msg, parts, cache_needed, load))
+                        rest = group[len(done) :]
+                        if rest:
+                            task = loop.create_task(mailbox.open_small(rest, chunk))
+                            window.append(_Group(rest, task))
+                        held += len(group)
+                        continue
                 rec = records.popleft()
-                window.append(loop.create_task(_load(mailbox, rec, parts, chunk, cache)))
+                ready = _load_now(mailbox, rec, parts) if now else None
+                window.append(ready if ready is not None else load(rec))
+                held += 1
             if not window:
                 break
-            result = await window[0]
+            head = window[0]
+            if isinstance(head, _Group):
+                opened = await _group_result(head)
+                window.popleft()  # (only now: until here the clean-up below owns it)
+                for rec, msg in zip(reversed(head.records), reversed(opened), strict=True):
+                    window.appendleft(_small_slot(loop, rec, msg, parts, cache_needed, load))
+                continue
+            result = head if isinstance(head, FetchedMessage) else await head
             window.popleft()
+            held -= 1
             if result is not None:
                 yield result
     finally:
-        for task in window:
-            task.cancel()
-        outcomes = await asyncio.gather(*window, return_exceptions=True)
+        tasks: list[asyncio.Task[Any]] = []
+        outcomes: list[object] = []
+        for slot in window:
+            if isinstance(slot, FetchedMessage):
+                outcomes.append(slot)
+            else:
+                pending: asyncio.Task[Any] = slot.task if isinstance(slot, _Group) else slot
+                pending.cancel()
+                tasks.append(pending)
+        outcomes += await asyncio.gather(*tasks, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, FetchedMessage):
                 await outcome.aclose()
+            elif isinstance(outcome, list):  # a group's messages
+                for msg in outcome:
+                    if isinstance(msg, DboxMessage):
+                        await msg.aclose()
         await cache.aclose()

@@ -25,25 +25,32 @@ import abc
 import asyncio
 import collections
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiodbox.dbox.codec import FileHeader
 from aiodbox.dbox.file import (
+    DboxCorruptedError,
     DboxMessage,
     MdboxFile,
     RecordAppender,
     SdboxWriter,
     create_mdbox_file,
     create_sdbox,
+    mdbox_message_from_span,
+    mdbox_record_span,
     open_mdbox_file,
     open_mdbox_message,
+    open_mdbox_message_now,
     open_sdbox_message,
     read_file_header,
+    read_span,
+    sdbox_message_from_bytes,
 )
-from aiodbox.dbox.file_read import HEADER_HEAD_READ, SDBOX_HEAD_READ
+from aiodbox.dbox.file_read import HEADER_HEAD_READ, MDBOX_WHOLE_READ, SDBOX_HEAD_READ
 from aiodbox.dbox.v2 import V2FileHeader
-from aiodbox.fs import FileHandle, FsNotFound
+from aiodbox.fs import FileHandle, FsError, FsNotFound
 from aiodbox.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -53,6 +60,10 @@ if TYPE_CHECKING:
     from aiodbox.storage.storage import MailboxInfo, User
 
 METADATA_ALLOWANCE = 512
+MDBOX_RUN_GAP = 4096
+"""Records at most this far apart in an mdbox file are read together (``open_small``)."""
+MDBOX_RUN_MAX = 256 << 10
+"""Largest read ``open_small`` makes for records that lie one after the other."""
 """Bytes assumed for a record's metadata when checking the rotate size (the seed)."""
 
 
@@ -65,6 +76,7 @@ class Location:
     file_id: int | None = None
     offset: int | None = None
     record_size: int | None = None
+    file_size: int | None = None  # mdbox: the file's size after the commit
 
 
 class SaveHandle(abc.ABC):
@@ -162,6 +174,43 @@ class MailFormat(abc.ABC):
     ) -> DboxMessage:
         """Open a stored message for reading (``want_body``: a read-ahead hint)."""
 
+    small_batches = False
+    """True if :meth:`open_small` reads many small messages in fewer round trips than
+    one :meth:`open_message` each."""
+    small_overlap = True
+    """Start the next :meth:`open_small` group while the last one is being delivered (its
+    reads take a round trip each); else a group is the whole prefetch window."""
+
+    async def open_small(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        """Open small messages together, each read whole (body in memory).
+
+        Returns, per record: the message (its body served from memory); the error opening
+        it raised (``FsError``, ``DboxCorruptedError``); or None if :meth:`open_message`
+        must handle it (larger than ``limit``, a Dovecot v2 file).
+        """
+        return [None] * len(recs)
+
+    def open_small_now(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        """:meth:`open_small` without waiting, as far as that goes: the results for the
+        first records (possibly none) that could be served at once; the others are left
+        to :meth:`open_small`."""
+        return []
+
+    def open_message_now(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage | None:
+        """Open a small message with its body already read, if that is possible without
+        waiting (mdbox: its file's handle and header are known and the record is in the
+        page cache); else None, and :meth:`open_message` is the way.
+
+        Raises:
+            DboxCorruptedError: the record is damaged.
+            FsError: an I/O error.
+        """
+        return None
+
 
 class _SdboxSave(SaveHandle):
     def __init__(self, writer: SdboxWriter) -> None:
@@ -246,6 +295,51 @@ class SdboxFormat(MailFormat):
     async def discard_committed(self, mailbox: MailboxInfo, locations: list[Location]) -> None:
         await self.after_expunge(mailbox, [(0, loc.file_name, None) for loc in locations])
 
+    small_batches = True
+
+    def open_small_now(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        directory = self.user.mailbox_dir(mailbox.guid)
+        out: list[DboxMessage | Exception | None] = []
+        for rec in recs:
+            if rec.file_name is None:
+                break
+            path = f"{directory}/{rec.file_name}"
+            try:
+                data = self.fs.read_small_file_now(path, limit)
+            except BlockingIOError:
+                break
+            if data is None:
+                out.append(None)
+                continue
+            try:
+                out.append(sdbox_message_from_bytes(path, data, body_size=rec.size))
+            except DboxCorruptedError as e:
+                out.append(e)
+        return out
+
+    async def open_small(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        directory = self.user.mailbox_dir(mailbox.guid)
+        paths = [f"{directory}/{rec.file_name}" for rec in recs]
+        out: list[DboxMessage | Exception | None] = []
+        for rec, path, data in zip(
+            recs, paths, await self.fs.read_small_files(paths, limit), strict=True
+        ):
+            if rec.file_name is None or data is None:
+                out.append(None)
+                continue
+            if isinstance(data, Exception):
+                out.append(data)
+                continue
+            try:
+                out.append(sdbox_message_from_bytes(path, data, body_size=rec.size))
+            except DboxCorruptedError as e:
+                out.append(e)
+        return out
+
     async def open_message(
         self, mailbox: MailboxInfo, rec: MailRecord, *, want_body: bool = True
     ) -> DboxMessage:
@@ -301,6 +395,7 @@ class MdboxFormat(MailFormat):
         self._headers: dict[int, FileHeader | V2FileHeader] = {}
         self._header_reads: dict[int, asyncio.Future[FileHeader | V2FileHeader]] = {}
         self._reader_limit = 64
+        self._busy: set[int] = set()  # files a transaction of this process holds locked
 
     def file_path(self, file_id: int) -> str:
         """The FS path of ``m.<file_id>``."""
@@ -324,18 +419,25 @@ class MdboxFormat(MailFormat):
 
     async def _lock_file(self, need: int) -> _HeldFile:
         for file_id in await self._candidates(need):
+            if file_id in self._busy:
+                continue  # another transaction of this process has it: its lock is taken
+            path = self.file_path(file_id)
             try:
-                f = await open_mdbox_file(self.fs, self.file_path(file_id))
+                f = await open_mdbox_file(self.fs, path)
             except FsNotFound:
                 continue
-            # (purge may have replaced the file between our open and our lock)
-            if (
-                f.size + need <= self.rotate_size
-                and f.try_lock()
-                and await self.fs.exists(self.file_path(file_id))
-            ):
-                return _HeldFile(file_id, f)
-            await f.aclose()
+            if f.size + need <= self.rotate_size and file_id not in self._busy and f.try_lock():
+                # One stat under the lock: the file is still there (purge may have
+                # replaced it between our open and our lock) and its size as of now.
+                try:
+                    size = (await self.fs.stat(path)).size
+                except FsNotFound:
+                    size = None
+                if size is not None and size + need <= self.rotate_size:
+                    f.set_locked_size(size)
+                    self._busy.add(file_id)
+                    return _HeldFile(file_id, f)
+            f.close()
         now = time.time()
 
         def alloc(conn: sqlite3.Connection) -> int:
@@ -352,6 +454,7 @@ class MdboxFormat(MailFormat):
         await self.user.db.write(
             lambda c: c.execute("UPDATE files SET size = ? WHERE file_id = ?", (size, file_id))
         )
+        self._busy.add(file_id)
         return _HeldFile(file_id, f)
 
     async def begin_save(
@@ -382,6 +485,7 @@ class MdboxFormat(MailFormat):
             return
         if not commit:
             held.file.rollback()
+        self._busy.discard(held.file_id)
         await held.file.aclose()
 
     async def commit_saves(
@@ -400,19 +504,18 @@ class MdboxFormat(MailFormat):
             h.committed = True
             locations.append(
                 Location(
-                    h.body_size, file_id=h.held.file_id, offset=h.offset, record_size=h.body_size
+                    h.body_size,
+                    file_id=h.held.file_id,
+                    offset=h.offset,
+                    record_size=h.body_size,
+                    file_size=sizes[h.held.file_id],
                 )
             )
         for held in files.values():
             held.users = 0
-            await held.file.aclose()
-
-        def update(conn: sqlite3.Connection) -> None:
-            for fid, size in sizes.items():
-                conn.execute("UPDATE files SET size = ? WHERE file_id = ?", (size, fid))
-
-        if sizes:
-            await self.user.db.write(update)
+            self._busy.discard(held.file_id)
+            held.file.close()  # unlocked now; the descriptor is released in the background
+        # (the files' new sizes are recorded by the index transaction: location_in_tx)
         return locations
 
     async def copy_files(
@@ -431,6 +534,11 @@ class MdboxFormat(MailFormat):
             "INSERT INTO map (file_id, offset, size, refcount) VALUES (?, ?, ?, 1)",
             (loc.file_id, loc.offset, loc.record_size),
         )
+        if loc.file_size is not None:  # (a hint for choosing files: never shrinks it)
+            conn.execute(
+                "UPDATE files SET size = ? WHERE file_id = ? AND size < ?",
+                (loc.file_size, loc.file_id, loc.file_size),
+            )
         return None, cur.lastrowid
 
     def copy_location_in_tx(
@@ -493,6 +601,114 @@ class MdboxFormat(MailFormat):
         if h is not None:
             h.close()
 
+    small_batches = True
+    small_overlap = False
+
+    def _runs(self, recs: Sequence[MailRecord], limit: int) -> list[tuple[int, int, int, int]]:
+        """``(first, stop, start, end)`` per run of ``recs[first:stop]``: records of one
+        file that lie one after the other, read as the one span ``[start, end)``; a
+        record that cannot be read so is a run of its own with ``end`` 0."""
+        runs = []
+        i = 0
+        while i < len(recs):
+            rec = recs[i]
+            file_id, start, size = rec.file_id, rec.offset, rec.record_size
+            if file_id is None or start is None or size is None or size > limit:
+                runs.append((i, i + 1, 0, 0))
+                i += 1
+                continue
+            end = start + mdbox_record_span(start, size)
+            j = i + 1
+            while j < len(recs):  # extend the run over records that follow closely
+                nxt = recs[j]
+                if (
+                    nxt.file_id != file_id
+                    or nxt.offset is None
+                    or nxt.record_size is None
+                    or nxt.record_size > limit
+                    or not end - MDBOX_RUN_GAP <= nxt.offset <= end + MDBOX_RUN_GAP
+                ):
+                    break
+                nxt_end = nxt.offset + mdbox_record_span(nxt.offset, nxt.record_size)
+                if nxt_end - start > MDBOX_RUN_MAX:
+                    break
+                end = max(end, nxt_end)
+                j += 1
+            runs.append((i, j, start, end))
+            i = j
+        return runs
+
+    @staticmethod
+    def _parse_run(
+        recs: Sequence[MailRecord],
+        first: int,
+        stop: int,
+        handle: FileHandle,
+        header: FileHeader,
+        data: bytes,
+        start: int,
+    ) -> list[DboxMessage | Exception | None]:
+        out: list[DboxMessage | Exception | None] = []
+        for r in recs[first:stop]:
+            assert r.offset is not None and r.record_size is not None
+            try:
+                out.append(
+                    mdbox_message_from_span(handle, header, r.offset, r.record_size, data, start)
+                )
+            except DboxCorruptedError as e:
+                out.append(e)
+        return out
+
+    def open_small_now(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        out: list[DboxMessage | Exception | None] = []
+        for first, stop, start, end in self._runs(recs, limit):
+            file_id = recs[first].file_id
+            if not end or file_id is None:
+                break
+            handle = self._reader(file_id, end)
+            header = self._headers.get(file_id)  # (after _reader: a new handle forgets it)
+            if not isinstance(header, FileHeader):
+                break
+            try:
+                data = handle.pread(end - start, start)
+            except (BlockingIOError, FsError):
+                break
+            out += self._parse_run(recs, first, stop, handle, header, data, start)
+        return out
+
+    async def open_small(
+        self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        """Records that lie one after the other in a file are read with one read."""
+        out: list[DboxMessage | Exception | None] = [None] * len(recs)
+        for first, stop, start, end in self._runs(recs, limit):
+            file_id = recs[first].file_id
+            if not end or file_id is None:
+                continue
+            try:
+                handle = self._reader(file_id, end)
+                header = await self._header(file_id, handle)
+                if isinstance(header, FileHeader):
+                    data = await read_span(handle, start, end - start)
+                    out[first:stop] = self._parse_run(
+                        recs, first, stop, handle, header, data, start
+                    )
+            except (FsError, DboxCorruptedError) as e:
+                out[first:stop] = [e] * (stop - first)
+        return out
+
+    def open_message_now(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage | None:
+        file_id, offset, size = rec.file_id, rec.offset, rec.record_size
+        if file_id is None or offset is None or size is None:
+            return None
+        handle = self._reader(file_id, offset + size)
+        header = self._headers.get(file_id)  # (after _reader: a new handle forgets it)
+        if header is None:
+            return None
+        return open_mdbox_message_now(handle, offset, size, header)
+
     async def open_message(
         self, mailbox: MailboxInfo, rec: MailRecord, *, want_body: bool = True
     ) -> DboxMessage:
@@ -501,7 +717,11 @@ class MdboxFormat(MailFormat):
         handle = self._reader(rec.file_id, rec.offset + (rec.record_size or 0))
         header = await self._header(rec.file_id, handle)
         return await open_mdbox_message(
-            handle, rec.offset, body_size=rec.record_size, header=header
+            handle,
+            rec.offset,
+            body_size=rec.record_size,
+            header=header,
+            whole_limit=MDBOX_WHOLE_READ if want_body else -1,
         )
 
 

@@ -31,7 +31,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from aiodbox.fs import FsNotFound
@@ -95,8 +95,31 @@ class MailRecord:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> MailRecord:
         """From a row of ``MESSAGE_COLUMNS``."""
-        kw = tuple(row[3].split()) if row[3] else ()
-        return cls(row[0], row[1], row[2], kw, *row[4:])
+        # The slots are filled directly: a frozen dataclass's __init__ costs an
+        # object.__setattr__ call per field, and this runs once per message read.
+        rec = _new_object(cls)
+        s = _RECORD_SETTERS
+        s[0](rec, row[0])
+        s[1](rec, row[1])
+        s[2](rec, row[2])
+        s[3](rec, tuple(row[3].split()) if row[3] else ())
+        s[4](rec, row[4])
+        s[5](rec, row[5])
+        s[6](rec, row[6])
+        s[7](rec, row[7])
+        s[8](rec, row[8])
+        s[9](rec, row[9])
+        s[10](rec, row[10])
+        s[11](rec, row[11])
+        s[12](rec, row[12])
+        s[13](rec, row[13])
+        s[14](rec, row[14])
+        return rec
+
+
+_new_object = object.__new__
+_RECORD_SETTERS = tuple(getattr(MailRecord, f.name).__set__ for f in fields(MailRecord))
+assert len(_RECORD_SETTERS) == 15, "MailRecord.from_row fills 15 fields"
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,6 +653,20 @@ class Mailbox:
             out: dict[int, MailRecord] = {}
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
+                lo, hi = min(chunk), max(chunk)
+                if hi - lo < 2 * len(chunk):
+                    # Dense UIDs (``1:*``, a range): one range scan of the primary key is
+                    # much cheaper than a lookup per UID; the few extra rows are skipped.
+                    keep = set(chunk)
+                    for row in conn.execute(
+                        f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN map"
+                        " ON m.map_uid = map.map_uid"
+                        " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?",
+                        (mid, lo, hi),
+                    ):
+                        if row[0] in keep:
+                            out[row[0]] = MailRecord.from_row(row)
+                    continue
                 marks = ",".join("?" * len(chunk))
                 for row in conn.execute(
                     f"SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN map"
@@ -671,6 +708,26 @@ class Mailbox:
             if (fresh.file_id, fresh.offset) == (record.file_id, record.offset):
                 raise
             return await fmt.open_message(self.info, fresh, want_body=want_body)
+
+    async def open_small(
+        self, records: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        """Open small messages together, each with its body read whole (in memory).
+
+        Returns, per record in order: the open message (the caller owns it); the error
+        opening it raised (``FsError``, ``FsNotFound`` when the file is gone, or
+        ``DboxCorruptedError``); or None where :meth:`open_message` must be used instead
+        (larger than ``limit`` bytes, a format that cannot do better: all None).
+        """
+        return await self.user.format.open_small(self.info, records, limit)
+
+    def open_small_now(
+        self, records: Sequence[MailRecord], limit: int
+    ) -> list[DboxMessage | Exception | None]:
+        """:meth:`open_small` for as many of the first ``records`` as can be opened
+        without waiting (their files in the page cache): their results, in order; the
+        rest are for :meth:`open_small`."""
+        return self.user.format.open_small_now(self.info, records, limit)
 
     async def set_cache(self, uid: int, cache: bytes) -> None:
         """Store parsed-structure cache bytes for ``uid`` (no modseq change)."""

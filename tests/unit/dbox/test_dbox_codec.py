@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from aiodbox.dbox import (
     V3Scan,
     body_digest,
     check_body,
+    codec,
     dump_file,
     encode_file_header,
     encode_metadata,
@@ -544,3 +546,73 @@ def test_known_offset_and_tail_readers_ignore_a_forged_record_in_the_body() -> N
 def test_read_record_rejects_a_negative_size_argument() -> None:
     with pytest.raises(ValueError):
         read_record(b"\x01\x02\n", SEP, -1)
+
+
+# ------------------------------------------------------------- fast paths = general paths
+
+_NEVER = re.compile(rb"(?!)")
+_texts = st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=64),
+    received=st.none() | st.integers(0, 2**40),
+    orig=st.none() | _texts,
+    uidl=st.none() | _texts,
+    order=st.none() | st.integers(0, 2**40),
+    extra=st.lists(st.tuples(st.sampled_from("XYa"), _texts), max_size=2),
+    digest=st.booleans(),
+    damage=st.none() | st.tuples(st.integers(0, 400), st.integers(1, 255)),
+)
+def test_fast_readers_agree_with_the_general_ones(
+    body: bytes,
+    received: int | None,
+    orig: str | None,
+    uidl: str | None,
+    order: int | None,
+    extra: list[tuple[str, str]],
+    digest: bool,
+    damage: tuple[int, int] | None,
+) -> None:
+    """The one-regex paths for the usual header, trailer and metadata (and the sdbox
+    record located by the index's size) give exactly what the general code gives, for
+    intact and damaged records alike."""
+    header = encode_file_header(SEP, CTIME)
+    record = encode_record(
+        SEP,
+        body,
+        guid=GUID,
+        received=received,
+        orig_mailbox=orig,
+        pop3_uidl=uidl,
+        pop3_order=order,
+        extra=[(k, v) for k, v in dict(extra).items()],
+        digest=digest,
+    )
+    file = bytearray(header + record)
+    if damage is not None:  # one byte changed somewhere after the body
+        at = len(header) + 3 + len(body) + damage[0] % (len(record) - 3 - len(body))
+        file[at] ^= damage[1]
+    data = bytes(file)
+
+    def read_all(size_hint: int | None) -> tuple[object, ...]:
+        block_at = len(header) + 3 + len(body) + TRAILER_LEN
+        known = FileHeader(sep=SEP, ctime=CTIME, length=len(header))
+        return (
+            parse_file_header(data),
+            read_record(data[len(header) :], SEP, len(body), offset=len(header), eof=True),
+            read_trailer(data[len(header) + 3 + len(body) :], SEP, eof=True),
+            read_sdbox_tail(data, len(data)),
+            read_sdbox_tail(data, len(data), header=known, body_size=size_hint),
+            parse_metadata(data[block_at : len(data) - END_LEN]),
+        )
+
+    fast = read_all(len(body))
+    saved = (codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER)
+    codec._CANONICAL_TRAILER = codec._CANONICAL_METADATA = codec._FILE_HEADER = _NEVER
+    try:
+        general = read_all(None)
+    finally:
+        codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER = saved
+    assert fast == general

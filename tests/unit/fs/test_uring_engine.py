@@ -25,12 +25,18 @@ from typing import Any, TypeVar
 import pytest
 
 from aiodbox.fs.backends.uring_engine import (
+    DEFERRED,
     FORCE_UNAVAILABLE_ENV,
+    Operation,
     UringEngine,
     UringUnavailable,
     probe,
 )
-from aiodbox.fs.backends.uring_ring import StrayCompletionError
+from aiodbox.fs.backends.uring_ring import (
+    RESOLVE_BENEATH,
+    RESOLVE_NO_MAGICLINKS,
+    StrayCompletionError,
+)
 
 T = TypeVar("T")
 BLOCK = 4096
@@ -740,6 +746,149 @@ async def test_forced_unavailability_refuses_the_engine(monkeypatch: pytest.Monk
     assert reason is not None and "simulated seccomp" in reason
     with pytest.raises(UringUnavailable, match="simulated seccomp"):
         UringEngine()
+
+
+# --- callback-style submission, immediate reads, descriptors ------------------------------
+
+
+async def test_start_resolves_through_finish(engine: UringEngine) -> None:
+    ring = engine.ring
+
+    def two_nops(op: Operation) -> None:
+        ring.prep_nop((op, 0))
+        ring.prep_nop((op, 1))
+
+    assert await engine.start(2, two_nops, lambda results: ("done", results)) == ("done", [0, 0])
+
+    def refuse(results: list[int]) -> int:
+        raise OSError(errno.EPERM, "refused by finish")
+
+    with pytest.raises(PermissionError, match="refused by finish"):
+        await engine.start(1, lambda op: ring.prep_nop((op, 0)), refuse)
+
+
+async def test_deferred_finish_hands_the_future_to_a_follow_up(engine: UringEngine) -> None:
+    ring = engine.ring
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[str] = loop.create_future()
+
+    def finish(results: list[int]) -> Any:
+        follow = engine.start(1, lambda op: ring.prep_nop((op, 0)), lambda r: "second step")
+        follow.add_done_callback(lambda f: out.set_result(f.result()))
+        return DEFERRED
+
+    fut = engine.start(1, lambda op: ring.prep_nop((op, 0)), finish, into=out)
+    assert fut is out
+    assert await out == "second step"
+    assert engine.in_flight == 0
+
+
+async def test_start_queues_callers_beyond_the_bound_and_forgets_cancelled_ones() -> None:
+    async with make_engine(8, max_in_flight=4) as eng:
+        ring = eng.ring
+        r, w = os.pipe()
+        try:
+
+            def pipe_read(op: Operation) -> None:
+                ring.prep_read((op, 0), r, bytearray(8), -1)
+
+            blocked = [eng.start(1, pipe_read, lambda x: x[0]) for _ in range(4)]
+            prepared: list[str] = []
+
+            def late(op: Operation, name: str) -> None:
+                prepared.append(name)
+                ring.prep_nop((op, 0))
+
+            gone = eng.start(1, lambda op: late(op, "gone"), lambda x: "gone")
+            fifth = eng.start(1, lambda op: late(op, "fifth"), lambda x: "fifth")
+            await asyncio.sleep(0.01)
+            assert eng.waiting == 2 and prepared == []
+            gone.cancel()
+            for _ in range(4):
+                os.write(w, b"x")
+            assert [await b for b in blocked] == [1, 1, 1, 1]
+            assert await fifth == "fifth"
+            assert prepared == ["fifth"]  # the cancelled caller never reached the ring
+        finally:
+            os.close(r)
+            os.close(w)
+        assert eng.in_flight == 0 and eng.waiting == 0
+
+
+async def test_read_now_answers_cached_reads_at_once(engine: UringEngine, big_file: Path) -> None:
+    fd = os.open(big_file, os.O_RDONLY)
+    r, w = os.pipe()
+    try:
+        os.pread(fd, BLOCK, 5 * BLOCK)  # in the page cache
+        before = engine.stats.submits
+        got = engine.read_now(fd, BLOCK, 5 * BLOCK)
+        assert got == block_bytes(5)  # bytes, not a future: no loop iteration needed
+        assert engine.stats.submits - before == 1
+        pending = engine.read_now(r, 10, -1)  # a pipe with nothing in it: stays in flight
+        assert isinstance(pending, asyncio.Future) and not pending.done()
+        os.write(w, b"later")
+        assert await pending == b"later"
+        with pytest.raises(OSError) as info:
+            engine.read_now(1 << 20, 10, 0)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+        os.close(r)
+        os.close(w)
+    assert engine.in_flight == 0
+
+
+async def test_close_soon_closes_without_a_waiter(engine: UringEngine, tmp_path: Path) -> None:
+    fds = [os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY) for _ in range(3)]
+    for fd in fds:
+        engine.close_soon(fd)
+    await engine.drain()
+    for fd in fds:
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)
+        assert info.value.errno == errno.EBADF
+
+
+async def test_directory_relative_operations(engine: UringEngine, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "outside").write_bytes(b"secret")
+    (tmp_path / "d" / "escape").symlink_to("../outside")
+    dfd = os.open(tmp_path / "d", os.O_RDONLY | os.O_DIRECTORY)
+    resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+    try:
+        fd = await engine.openat(b"f", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600, dfd=dfd)
+        await engine.write(fd, b"data", 0, force_async=True)
+        await engine.close(fd)
+        await engine.mkdir(b"sub", 0o700, dfd=dfd)
+        await engine.link(b"f", b"sub/g", old_dfd=dfd, new_dfd=dfd)
+        await engine.rename(b"f", b"h", old_dfd=dfd, new_dfd=dfd)
+        assert (await engine.statx(b"sub/g", dfd=dfd)).size == 4
+        with pytest.raises(OSError) as info:
+            await engine.openat(b"escape", os.O_RDONLY, dfd=dfd, resolve=resolve)
+        assert info.value.errno == errno.EXDEV
+        fd = await engine.openat(b"h", os.O_RDONLY, dfd=dfd, resolve=resolve)
+        assert await engine.read(fd, 10, 0) == b"data"
+        await engine.close(fd)
+        await engine.unlink(b"sub/g", dfd=dfd)
+        await engine.rmdir(b"sub", dfd=dfd)
+    finally:
+        os.close(dfd)
+    assert sorted(os.listdir(tmp_path / "d")) == ["escape", "h"]
+
+
+def test_abandon_tears_down_an_engine_whose_loop_is_gone() -> None:
+    require_uring()
+    engines: list[UringEngine] = []
+
+    async def make() -> None:
+        engines.append(UringEngine(8))
+
+    asyncio.run(make())
+    eng = engines[0]
+    assert not eng.closed  # never closed; its loop is closed now
+    eng.abandon()
+    eng.abandon()
+    assert eng.closed
 
 
 # --- the loop stays responsive -------------------------------------------------------------

@@ -28,6 +28,8 @@ from aiodbox.fs.backends.uring_ring import (
     IOSQE_IO_HARDLINK,
     IOSQE_IO_LINK,
     REQUIRED_OPS,
+    RESOLVE_BENEATH,
+    RESOLVE_NO_MAGICLINKS,
     Op,
     Ring,
     RingFullError,
@@ -257,6 +259,118 @@ def test_hardlink_continues_after_a_failure(ring: Ring[Any]) -> None:
     ring.prep_nop("after")
     results = {t: r for t, r, _ in run(ring, 2)}
     assert results == {"bad": -errno.EBADF, "after": 0}
+
+
+def test_name_operations_do_not_break_links(ring: Ring[Any], tmp_path: Path) -> None:
+    """What the kernel does (Linux 6.18): failed name operations do not sever a link.
+
+    The ``uring`` backend is written not to depend on this either way (nothing
+    destructive ever follows a name operation in a chain); if a kernel changes it, only
+    the explanations in uring_engine.py and uring.py need updating.
+    """
+    (tmp_path / "a").write_bytes(b"")
+    (tmp_path / "b").write_bytes(b"")
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ring.prep_linkat("link", b"a", b"b", old_dfd=dfd, new_dfd=dfd, sqe_flags=IOSQE_IO_LINK)
+        ring.prep_nop("after-link")
+        ring.prep_renameat(
+            "rename", b"missing", b"b", old_dfd=dfd, new_dfd=dfd, sqe_flags=IOSQE_IO_LINK
+        )
+        ring.prep_nop("after-rename")
+        ring.prep_fsync("fsync", 1 << 20, sqe_flags=IOSQE_IO_LINK)  # EBADF: a real failure
+        ring.prep_nop("after-fsync")
+        results = {t: r for t, r, _ in run(ring, 6)}
+    finally:
+        os.close(dfd)
+    assert results == {
+        "link": -errno.EEXIST,
+        "after-link": 0,
+        "rename": -errno.ENOENT,
+        "after-rename": 0,
+        "fsync": -errno.EBADF,
+        "after-fsync": -errno.ECANCELED,
+    }
+
+
+def test_openat2_stays_beneath_its_directory(ring: Ring[Any], tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "in").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    (root / "in" / "f").write_bytes(b"inside")
+    (root / "up").symlink_to("../outside")
+    (root / "abs").symlink_to(outside)
+    (root / "rel").symlink_to("in")
+    resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in (b"../outside/secret", b"up/secret", b"abs/secret", b"/etc/passwd"):
+            ring.prep_openat2(name, name, os.O_RDONLY | os.O_CLOEXEC, 0, resolve, dfd=dfd)
+        ring.prep_openat2("ok", b"rel/f", os.O_RDONLY | os.O_CLOEXEC, 0, resolve, dfd=dfd)
+        ring.prep_openat2(
+            "new", b"in/new", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640,
+            resolve, dfd=dfd,
+        )  # fmt: skip
+        ring.prep_openat2("bad-mode", b"in/f", os.O_RDONLY, 0o600, resolve, dfd=dfd)
+        results = {t: r for t, r, _ in run(ring, 7)}
+    finally:
+        os.close(dfd)
+    for name in (b"../outside/secret", b"up/secret", b"abs/secret", b"/etc/passwd"):
+        assert results[name] == -errno.EXDEV, name
+    assert results["bad-mode"] == -errno.EINVAL  # openat2 refuses a mode without O_CREAT
+    try:
+        assert os.pread(results["ok"], 10, 0) == b"inside"
+        assert (root / "in" / "new").stat().st_mode & 0o777 == 0o640 & ~_umask()
+    finally:
+        os.close(results["ok"])
+        os.close(results["new"])
+
+
+def _umask() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+
+
+def test_name_operations_relative_to_directory_fds(ring: Ring[Any], tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"data")
+    sfd = os.open(tmp_path / "src", os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(tmp_path / "dst", os.O_RDONLY | os.O_DIRECTORY)
+    statbuf = ctypes.create_string_buffer(256)
+    try:
+        ring.prep_linkat("link", b"f", b"g", old_dfd=sfd, new_dfd=dfd)
+        ring.prep_mkdirat("mkdir", b"sub", 0o700, dfd=dfd)
+        assert {t: r for t, r, _ in run(ring, 2)} == {"link": 0, "mkdir": 0}
+        noreplace = 1  # RENAME_NOREPLACE
+        ring.prep_renameat("taken", b"f", b"g", old_dfd=sfd, new_dfd=dfd, flags=noreplace)
+        ring.prep_statx("statx", b"g", statbuf, dfd=dfd)
+        assert {t: r for t, r, _ in run(ring, 2)} == {"taken": -errno.EEXIST, "statx": 0}
+        ring.prep_renameat("rename", b"f", b"h", old_dfd=sfd, new_dfd=dfd, flags=noreplace)
+        ring.prep_unlinkat("rmdir", b"sub", dfd=dfd, flags=AT_REMOVEDIR)
+        assert {t: r for t, r, _ in run(ring, 2)} == {"rename": 0, "rmdir": 0}
+        ring.prep_unlinkat("unlink", b"g", dfd=dfd)
+        assert run(ring, 1)[0][1] == 0
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert struct.unpack_from("=Q", statbuf, 0x28)[0] == 4  # stx_size of "g"
+    assert os.listdir(tmp_path / "src") == [] and os.listdir(tmp_path / "dst") == ["h"]
+
+
+def test_ftruncate_where_the_kernel_has_it(ring: Ring[Any], tmp_path: Path) -> None:
+    if Op.FTRUNCATE not in ring.probe_opcodes():
+        pytest.skip("IORING_OP_FTRUNCATE needs Linux 6.9")
+    path = tmp_path / "t"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        ring.prep_ftruncate("trunc", fd, 10)
+        assert run(ring, 1)[0][1] == 0
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10
 
 
 def test_direct_descriptor_chain_open_read_close(ring: Ring[Any], tmp_path: Path) -> None:

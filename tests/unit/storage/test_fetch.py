@@ -7,7 +7,7 @@ import contextlib
 import errno
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,54 @@ class OpenCounter:
             msg.aclose = counting_close  # type: ignore[method-assign]
             return msg
 
+        original_small = mbox.open_small
+
+        async def counting_small(records: Any, limit: int) -> list[Any]:
+            # several messages opened together: each counts like one open_message
+            self.open += len(records)
+            self.max_open = max(self.max_open, self.open)
+            try:
+                msgs = await original_small(records, limit)
+            except BaseException:
+                self.open -= len(records)
+                raise
+            for msg in msgs:
+                if not isinstance(msg, DboxMessage):  # failed, or left to open_message
+                    self.open -= 1
+                    continue
+                self.opened += 1
+                msg.aclose = self._counting_close(msg.aclose)  # type: ignore[method-assign]
+            return msgs
+
+        original_now = mbox.open_small_now
+
+        def counting_now(records: Any, limit: int) -> list[Any]:
+            msgs = original_now(records, limit)
+            for msg in msgs:
+                if isinstance(msg, DboxMessage):
+                    self.opened += 1
+                    self.open += 1
+                    self.max_open = max(self.max_open, self.open)
+                    msg.aclose = self._counting_close(msg.aclose)  # type: ignore[method-assign]
+            return msgs
+
         mbox.open_message = counting_open  # type: ignore[method-assign]
+        mbox.open_small = counting_small  # type: ignore[method-assign]
+        mbox.open_small_now = counting_now  # type: ignore[method-assign]
+
+    def _counting_close(
+        self, close: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        closed = False
+
+        async def counting_close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self.open -= 1
+            await close()
+
+        return counting_close
 
 
 @pytest.mark.parametrize("fmt", ["sdbox", "mdbox"])
@@ -327,7 +374,15 @@ async def test_expunged_before_or_while_fetching(
             await mbox.expunge([victim], deleted_only=False)
         return await original(record, **kwargs)
 
+    original_small = mbox.open_small
+
+    async def expunge_first_small(records: Any, limit: int) -> list[Any]:
+        if any(r.uid == victim for r in records):  # (small messages are opened together)
+            await mbox.expunge([victim], deleted_only=False)
+        return await original_small(records, limit)
+
     mbox.open_message = expunge_first  # type: ignore[method-assign]
+    mbox.open_small = expunge_first_small  # type: ignore[method-assign]
     got = []
     async for f in mbox.fetch_many(uids, FetchParts(body=True)):
         assert await read_stream(f) == data[uids.index(f.uid)]

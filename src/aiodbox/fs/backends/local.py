@@ -10,9 +10,14 @@ them into ring submissions.  The handle logic below is shared by both.
 Reading.  ``open`` starts one engine job that opens, stats and, for a small read-only
 file, reads it whole and closes it again (one round trip for the common sdbox case).
 ``pread`` serves from that data or a few cached chunks; otherwise it tries a
-non-blocking page-cache read on the loop thread (``preadv(RWF_NOWAIT)``), at most
+non-blocking page-cache read on the loop thread (``preadv(RWF_NOWAIT)``, or, for an
+engine with ``reads_now``, its own :meth:`Engine.read_now`: io_uring submits the read at
+once and returns the bytes if the kernel served them inside that call), at most
 ``inline_reads_per_tick`` per loop iteration so a run of cached reads cannot starve other
-clients, and only on ``EAGAIN`` hands a read-ahead-sized read to the engine.
+clients, and only on ``EAGAIN`` hands a read-ahead-sized read to the engine.  An engine
+read's result waits for its reader by offset (``_ready``), so readers sharing a handle do
+not evict each other's data from the small chunk cache before they come back; a read at
+end of file reports ``b""`` once (``_eof_at``).
 
 Writing.  Writes go to a bounded in-memory buffer (``write_buffer_size``).  Past half of
 it, the buffer is flushed in the background to a *sink*: for a created file its temp file
@@ -36,7 +41,7 @@ import collections
 import errno
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +58,8 @@ from aiodbox.fs.api import (
 )
 from aiodbox.fs.errors import FsClosed, FsError, FsNotSupported, fs_error
 
+_normalize_path = paths.normalize  # (``paths`` is also a parameter name below)
+
 DEFAULT_READAHEAD = 64 * 1024
 DEFAULT_SMALL_FILE = 128 * 1024
 DEFAULT_WRITE_BUFFER = 256 * 1024
@@ -60,6 +67,8 @@ DEFAULT_INLINE_READS_PER_TICK = 256
 INLINE_READ_MAX = 1 << 20
 """Largest read done on the loop thread (a memcpy from the page cache)."""
 _READ_CACHE_CHUNKS = 4
+_MAX_READY = 1024
+"""Engine reads whose reader has not come back yet, kept per handle at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +97,55 @@ class Engine(abc.ABC):
     name = "engine"
     nowait_reads = True
     """The loop thread may try ``preadv(RWF_NOWAIT)`` on descriptors from this engine."""
+    reads_now = False
+    """:meth:`read_now` may answer at once (used instead of ``RWF_NOWAIT`` reads)."""
+    nowait_opens = False
+    """:meth:`read_small_now` may answer at once."""
 
     @abc.abstractmethod
     def open_read(self, path: str, small_limit: int) -> asyncio.Future[OpenedFile]:
         """Open for reading; read it whole (and close it) if ``size <= small_limit``."""
+
+    def read_small_now(self, path: str, limit: int) -> bytes | None:
+        """Read the whole file ``path`` on the calling thread (the event loop) if that
+        needs no I/O at all: its path and its data are cached by the kernel.
+
+        Returns:
+            The bytes, or None if the file is larger than ``limit``.
+
+        Raises:
+            BlockingIOError: not possible without waiting (or without certainty): use
+                :meth:`read_small`, which also reports errors.
+        """
+        raise BlockingIOError(errno.EAGAIN, "no immediate opens")
+
+    def read_small(
+        self, paths: list[str], limit: int
+    ) -> asyncio.Future[list[bytes | BaseException | None]]:
+        """Read whole files of at most ``limit`` bytes: per path its bytes, None when it
+        is larger, or the exception (``OSError``) reading it raised.  Nothing stays open.
+
+        This default runs one :meth:`open_read` per path; engines may batch them.
+        """
+        return asyncio.ensure_future(self._read_small_each(paths, limit))
+
+    async def _read_small_each(
+        self, paths: list[str], limit: int
+    ) -> list[bytes | BaseException | None]:
+        opened = await asyncio.gather(
+            *(self.open_read(p, limit) for p in paths), return_exceptions=True
+        )
+        out: list[bytes | BaseException | None] = []
+        for res in opened:
+            if isinstance(res, BaseException):
+                out.append(res)
+            elif res.fd is not None or res.data is None:
+                if res.fd is not None:
+                    self.close([res.fd])
+                out.append(None)
+            else:
+                out.append(res.data if len(res.data) <= limit else None)
+        return out
 
     @abc.abstractmethod
     def open_append(self, path: str) -> asyncio.Future[OpenedFile]:
@@ -108,6 +162,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def pread(self, fd: int, size: int, offset: int) -> asyncio.Future[bytes]:
         """Read up to ``size`` bytes at ``offset``."""
+
+    def read_now(self, fd: int, size: int, offset: int) -> bytes | asyncio.Future[bytes]:
+        """Return the bytes at once if the engine can get them without blocking (the page
+        cache), else start the read and return its future (like :meth:`pread`)."""
+        return self.pread(fd, size, offset)
 
     @abc.abstractmethod
     def pwrite(self, fd: int, chunks: list[bytes], offset: int) -> asyncio.Future[None]:
@@ -245,6 +304,9 @@ class LocalHandle(FileHandle):
         self._wake_scheduled = False
         self._read_errors: dict[int, FsError] = {}
         self._eof_at: set[int] = set()  # engine reads that found end of file, to report once
+        # Engine read results for the offset that asked, until that reader comes back: with
+        # many readers on one handle the small chunk cache turns over before they return.
+        self._ready: dict[int, bytes] = {}
         self._wbuf: list[bytes] = []
         self._wbuf_len = 0
         self._sink_fd: int | None = None
@@ -323,6 +385,9 @@ class LocalHandle(FileHandle):
         if offset in self._eof_at:
             self._eof_at.discard(offset)
             return b""
+        ready = self._ready.pop(offset, None)
+        if ready is not None:
+            return ready[:size]
         for start, data in self._cache:
             if start <= offset < start + len(data):
                 return data[offset - start : offset - start + size]
@@ -334,7 +399,29 @@ class LocalHandle(FileHandle):
             len(inflight) <= 8 and any(o <= offset < o + n for o, n in inflight.items())
         ):
             raise BlockingIOError(errno.EAGAIN, "read in progress")
-        if fs.nowait_reads and self._engine.nowait_reads and fs.inline_worth_trying():
+        eng = self._engine
+        if fs.nowait_reads and eng.reads_now and fs.inline_worth_trying():
+            # The engine's own immediate read (io_uring: submit now, reap what the kernel
+            # served from the page cache); a miss is already the background read.
+            size = min(size, INLINE_READ_MAX)
+            if not fs.inline_budget.take(size):
+                self._wake_next_tick()
+                raise BlockingIOError(errno.EAGAIN, "yielding to the event loop")
+            try:
+                res = eng.read_now(fd, size, offset)
+            except OSError as e:
+                raise _as_fs_error("pread", self.path, e) from e
+            if isinstance(res, bytes):
+                fs.inline_result(True)
+                self._next_sequential = offset + len(res)
+                return res
+            fs.inline_result(False)
+            self._next_sequential = offset + size
+            self._reads_inflight[offset] = size
+            fs.engine_reads += 1
+            res.add_done_callback(lambda f: self._on_read(offset, f))
+            raise BlockingIOError(errno.EAGAIN, "read started")
+        if fs.nowait_reads and eng.nowait_reads and fs.inline_worth_trying():
             size = min(size, INLINE_READ_MAX)
             if fs.inline_budget.take(size):
                 buf = bytearray(size)
@@ -379,6 +466,10 @@ class LocalHandle(FileHandle):
             data = fut.result()
             if data:
                 self._cache.append((offset, data))
+                ready = self._ready
+                if len(ready) >= _MAX_READY:
+                    del ready[next(iter(ready))]
+                ready[offset] = data
             else:  # an empty chunk would never match a lookup: report EOF once instead
                 self._eof_at.add(offset)
             end = offset + max(len(data), 1)
@@ -782,6 +873,66 @@ class LocalFS(FS):
         perms: Perms | None = None,
     ) -> FileHandle:
         return self._handle("create", path, "create", mode, perms)
+
+    def read_small_file_now(self, path: str, limit: int) -> bytes | None:
+        """See :meth:`FS.read_small_file_now`: served on the loop when the engine can
+        (``openat2(RESOLVE_CACHED)`` + ``preadv(RWF_NOWAIT)``), within the inline budget."""
+        try:
+            norm = _normalize_path("open", path)
+        except FsError:
+            raise BlockingIOError(errno.EAGAIN, "left to read_small_files") from None
+        return self._read_small_now(norm, limit)
+
+    def _read_small_now(self, norm: str, limit: int) -> bytes | None:
+        # Cached files are read on the loop (no I/O, as pread's RWF_NOWAIT reads): no
+        # hand-off to a worker and back.  The inline budget still applies.
+        eng = self.engine
+        budget = self.inline_budget
+        if not (
+            self.nowait_reads
+            and eng.nowait_opens
+            and self.inline_worth_trying()
+            and budget.take(0)  # one read now; its bytes are counted once known
+        ):
+            raise BlockingIOError(errno.EAGAIN, "no inline read now")
+        try:
+            data = eng.read_small_now(norm, limit)
+        except BlockingIOError:
+            self.inline_result(False)
+            raise
+        self.inline_result(True)
+        if data is not None:
+            budget.bytes += len(data)
+        return data
+
+    async def read_small_files(
+        self, paths: Sequence[str], limit: int
+    ) -> list[bytes | FsError | None]:
+        """See :meth:`FS.read_small_files`: handed to the engine in one go (the posix
+        engine reads the lot in one worker job), no handles."""
+        out: list[bytes | FsError | None] = [None] * len(paths)
+        todo: list[tuple[int, str]] = []
+        for i, path in enumerate(paths):
+            try:
+                norm = _normalize_path("open", path)
+            except FsError as e:
+                out[i] = e
+                continue
+            try:
+                out[i] = self._read_small_now(norm, limit)
+                continue
+            except BlockingIOError:
+                todo.append((i, norm))
+        if todo:
+            results = await self.engine.read_small([norm for _, norm in todo], limit)
+            for (i, _norm), res in zip(todo, results, strict=True):
+                if isinstance(res, BaseException):
+                    if not isinstance(res, OSError):
+                        raise res
+                    out[i] = _as_fs_error("open", paths[i], res)
+                else:
+                    out[i] = res
+        return out
 
     async def _call(self, op: str, path: str, fut: asyncio.Future[Any]) -> Any:
         try:

@@ -29,6 +29,9 @@ from aiodbox.fs.backends.local import Engine, LocalFS, OpenedFile
 from aiodbox.fs.backends.workers import WorkerPool
 
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_SMALL_COLD = 0.0005
+"""Seconds per file above which small-file reads count as cold (one job per file)."""
 
 
 def _write_all(fd: int, chunks: list[bytes], offset: int) -> int:
@@ -109,6 +112,7 @@ class ThreadEngine(Engine):
         self.beneath = Beneath(root, use_openat2=use_openat2)
         self.pool = WorkerPool(io_threads)
         self.dirsync = DirSyncer()
+        self._small_cost = 0.0  # seconds per file of recent read_small jobs (a moving mean)
 
     @property
     def root(self) -> str:
@@ -138,6 +142,63 @@ class ThreadEngine(Engine):
 
     def open_read(self, path: str, small_limit: int) -> asyncio.Future[OpenedFile]:
         return self.pool.submit(self._open_read, path, small_limit)
+
+    @property
+    def nowait_opens(self) -> bool:  # type: ignore[override]
+        return self.beneath.cached_opens and _RWF_NOWAIT != 0
+
+    def read_small_now(self, path: str, limit: int) -> bytes | None:
+        return self.beneath.read_cached(path, limit)
+
+    def _read_small_one(self, path: str, limit: int) -> bytes | None:
+        fd = self.beneath.open("open", path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            if st.st_size > limit:
+                return None
+            data = os.pread(fd, st.st_size + 1, 0)
+            while len(data) > st.st_size:  # it grew since the fstat: read on to the end
+                if len(data) > limit:
+                    return None
+                more = os.pread(fd, limit + 1 - len(data), len(data))
+                if not more:
+                    break
+                data += more
+            return data if len(data) <= limit else None
+        finally:
+            os.close(fd)
+
+    def _read_small_job(self, paths: list[str], limit: int) -> list[bytes | BaseException | None]:
+        started = time.perf_counter()
+        out: list[bytes | BaseException | None] = []
+        for path in paths:
+            try:
+                out.append(self._read_small_one(path, limit))
+            except OSError as e:
+                out.append(e)
+        per_file = (time.perf_counter() - started) / max(1, len(paths))
+        self._small_cost += (per_file - self._small_cost) / 8
+        return out
+
+    def read_small(
+        self, paths: list[str], limit: int
+    ) -> asyncio.Future[list[bytes | BaseException | None]]:
+        """One worker job reads them all while that is cheap (the page cache); one job
+        per file while recent files took long (a cold cache: the disk then sees them
+        all at once)."""
+        if len(paths) <= 1 or self._small_cost < _SMALL_COLD:
+            return self.pool.submit(self._read_small_job, paths, limit)
+        return asyncio.ensure_future(self._read_small_parallel(paths, limit))
+
+    async def _read_small_parallel(
+        self, paths: list[str], limit: int
+    ) -> list[bytes | BaseException | None]:
+        parts = await asyncio.gather(
+            *(self.pool.submit(self._read_small_job, [p], limit) for p in paths)
+        )
+        return [res for part in parts for res in part]
 
     def _open_append(self, path: str) -> OpenedFile:
         fd = self.beneath.open("open", path, os.O_RDWR)

@@ -40,10 +40,23 @@ Theory of operation
   cancelled (or the waiter is cancelled after the fd arrived but before it resumed), the
   engine closes that fd itself.
 * **Linked chains.**  ``write_fsync_rename`` and ``open_read_close`` submit SQEs joined by
-  ``IOSQE_IO_LINK``: each runs only after the previous one succeeded.  When one fails,
-  every later SQE of the chain completes with ``-ECANCELED`` and the first real error is
-  reported.  A *short* read or write also breaks a link (the kernel counts it as a
-  failure); the engine handles that case explicitly.
+  ``IOSQE_IO_LINK``: each starts only after the previous one completed.  When a read,
+  write, fsync, open or close fails, every later SQE of the chain completes with
+  ``-ECANCELED`` and the first real error is reported.  A *short* read or write also
+  breaks a link (the kernel counts it as a failure); the engine handles that case
+  explicitly.  **Name operations do not break links**: a failed ``renameat``,
+  ``linkat``, ``unlinkat``, ``mkdirat`` or ``statx`` does not mark the request failed
+  (checked on Linux 6.18, see ``test_uring_ring``), so the next SQE runs anyway.  Never
+  link anything destructive after a name operation (``linkat -> unlinkat`` would drop
+  the temp file after a failed link); a directory fsync after a rename is harmless.
+* **Two ways in.**  The coroutine methods (``read``, ``openat``, ...) suit callers that
+  await; :meth:`UringEngine.start` queues an operation of any SQEs with a ``finish``
+  callback and returns a plain future (no coroutine, no task), which is what the
+  ``uring`` FS backend's hot paths use; ``finish`` runs when the last CQE is reaped and
+  may hand the future on to a follow-up step (``DEFERRED``).  :meth:`UringEngine.read_now`
+  submits a read at once and returns the bytes directly when the kernel served it from
+  the page cache inside that ``io_uring_enter`` (else a future): a cached read without a
+  loop iteration.
 * **One engine per process and loop.**  The engine is bound to the loop that created it.
   After ``fork()`` the child must not use the parent's engine (the ring memory is shared
   with the parent): every method raises :class:`RuntimeError` there; create a new engine
@@ -62,18 +75,21 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 from aiodbox.fs.backends.uring_ring import (
     AT_EMPTY_PATH,
+    AT_FDCWD,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
     FORCE_UNAVAILABLE_ENV,
     IORING_FEAT_LINKED_FILE,
+    IOSQE_ASYNC,
     IOSQE_FIXED_FILE,
     IOSQE_IO_HARDLINK,
     IOSQE_IO_LINK,
     MAX_RW_COUNT,
+    Op,
     Ring,
     StrayCompletionError,
     UringUnavailable,
@@ -82,12 +98,15 @@ from aiodbox.fs.backends.uring_ring import (
 )
 
 __all__ = [
+    "DEFERRED",
     "FORCE_UNAVAILABLE_ENV",
     "EngineStats",
+    "Operation",
     "PathArg",
     "StatxResult",
     "UringEngine",
     "UringUnavailable",
+    "parse_statx",
     "probe",
 ]
 
@@ -99,6 +118,20 @@ _MAX_CHAIN: Final = 4
 _STATX_HEAD: Final = struct.Struct("=IIQIIIHHQQQQ")
 _STATX_MTIME: Final = struct.Struct("=qI")
 _STATX_MTIME_OFFSET: Final = 0x70
+
+R = TypeVar("R")
+
+
+class _Deferred:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED: Final[Any] = _Deferred()
+"""What a :meth:`UringEngine.start` ``finish`` returns when it will resolve the future
+itself later (it started a follow-up step); the engine then leaves the future alone."""
 
 _fork_generation = 0
 
@@ -158,11 +191,15 @@ class EngineStats:
 
 
 class _Op:
-    """One operation: a single SQE or a linked chain, resolved when all its CQEs are in."""
+    """One operation: a single SQE or a linked chain, resolved when all its CQEs are in.
 
-    __slots__ = ("fut", "on_done", "on_orphan", "remaining", "results")
+    The SQE for step ``i`` of the operation carries the token ``(op, i)``.
+    """
 
-    def __init__(self, fut: asyncio.Future[list[int]], count: int) -> None:
+    __slots__ = ("finish", "fut", "on_done", "on_orphan", "remaining", "results")
+
+    def __init__(self, fut: asyncio.Future[Any] | None, count: int) -> None:
+        #: None only while :meth:`UringEngine.read_now` checks for an inline completion.
         self.fut = fut
         self.results = [0] * count
         self.remaining = count
@@ -170,8 +207,14 @@ class _Op:
         self.on_done: Callable[[list[int]], None] | None = None
         #: Called with the results when the waiter is gone (cancelled) and cannot use them.
         self.on_orphan: Callable[[list[int]], None] | None = None
+        #: Turns the results into the future's value (or raises its exception); None:
+        #: the future gets the results list itself.
+        self.finish: Callable[[list[int]], Any] | None = None
 
 
+#: What :meth:`UringEngine.start`'s ``prep`` callback receives: the operation whose
+#: step ``i`` is prepared with the token ``(op, i)``.
+Operation: TypeAlias = _Op
 _Token: TypeAlias = tuple[_Op, int]
 
 
@@ -229,7 +272,8 @@ def _os_error(err: int, filename: object = None, filename2: object = None) -> OS
     return OSError(err, message, filename, None, filename2)
 
 
-def _parse_statx(buf: ctypes.Array[ctypes.c_char]) -> StatxResult:
+def parse_statx(buf: ctypes.Array[ctypes.c_char]) -> StatxResult:
+    """Decode the ``struct statx`` the kernel wrote into ``buf``."""
     head = _STATX_HEAD.unpack_from(buf, 0)
     nlink, mode, ino, size = head[3], head[6], head[8], head[9]
     sec, nsec = _STATX_MTIME.unpack_from(buf, _STATX_MTIME_OFFSET)
@@ -301,6 +345,7 @@ class UringEngine:
                 raise ValueError(
                     f"max_in_flight must be within {_MAX_CHAIN}..{ring.sq_entries}, not {limit}"
                 )
+            supported = ring.probe_opcodes()
             # Direct descriptors let open_read_close run as one chain (Linux >= 5.19).
             direct = (
                 direct_descriptors
@@ -322,6 +367,8 @@ class UringEngine:
         self._efd = efd
         self._limit = limit
         self._direct_slots: list[int] | None = list(range(limit)) if direct else None
+        self.supported_ops: frozenset[int] = supported
+        """The ``IORING_OP_*`` codes this kernel supports (optional ones vary)."""
         self._in_flight = 0
         self._peak = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -369,6 +416,33 @@ class UringEngine:
         """Whether ``open_read_close`` runs as one linked chain (direct descriptors)."""
         return self._direct_slots is not None
 
+    def supports(self, op: Op) -> bool:
+        """Whether the kernel supports the (optional) opcode ``op``."""
+        return int(op) in self.supported_ops
+
+    def take_buffer(self, size: int) -> ctypes.Array[ctypes.c_char]:
+        """A read buffer of ``size`` bytes from the engine's pool (contents undefined)."""
+        return self._buffers.take(size)
+
+    def give_buffer(self, buf: ctypes.Array[ctypes.c_char]) -> None:
+        """Return a buffer once no kernel operation uses it and its data was copied out."""
+        self._buffers.give(buf)
+
+    def take_slot(self) -> int | None:
+        """A free direct-descriptor slot, or None (none free, or no direct descriptors).
+
+        Give it back with :meth:`give_slot` once the operation that closes it completed.
+        There are as many slots as in-flight SQEs, so an operation that holds its slot
+        only while it is in flight always finds one.
+        """
+        slots = self._direct_slots
+        return slots.pop() if slots else None
+
+    def give_slot(self, slot: int) -> None:
+        """Return a slot from :meth:`take_slot` (its file must be closed by then)."""
+        assert self._direct_slots is not None
+        self._direct_slots.append(slot)
+
     @property
     def ring(self) -> Ring[_Token]:
         """The underlying ring (diagnostics: ``peak_in_flight``, ``cq_overflow``)."""
@@ -379,23 +453,43 @@ class UringEngine:
         """Whether the engine has been torn down."""
         return self._closed
 
+    @property
+    def forked(self) -> bool:
+        """Whether this is a child process of the one that created the engine (unusable)."""
+        return self._generation != _fork_generation
+
     # --- operations ----------------------------------------------------------------------
 
-    async def openat(self, path: PathArg, flags: int, mode: int = 0o600) -> int:
-        """Open ``path`` like ``os.open(path, flags, mode)``; returns the new fd.
+    async def openat(
+        self,
+        path: PathArg,
+        flags: int,
+        mode: int = 0o600,
+        *,
+        dfd: int = AT_FDCWD,
+        resolve: int | None = None,
+    ) -> int:
+        """Open ``path`` like ``os.open(path, flags, mode, dir_fd=dfd)``; returns the new fd.
 
         ``O_CLOEXEC`` is always added (as ``os.open`` makes fds non-inheritable).  If the
         caller is cancelled after the kernel opened the file, the engine closes the fd.
+        With ``resolve`` (``RESOLVE_*`` bits), the open is an ``openat2``: for example
+        ``RESOLVE_BENEATH`` refuses, with ``EXDEV``, a path that leaves ``dfd``.
 
         Raises:
             OSError: ``FileNotFoundError``, ``PermissionError``, ``IsADirectoryError``...
         """
         raw = _encode(path)
         ring = self._ring
+        if resolve is not None and not flags & (os.O_CREAT | os.O_TMPFILE):
+            mode = 0  # openat2 refuses a mode it would not use
 
         def prep(op: _Op) -> None:
             op.on_orphan = self._orphan_open
-            ring.prep_openat((op, 0), raw, flags | os.O_CLOEXEC, mode)
+            if resolve is None:
+                ring.prep_openat((op, 0), raw, flags | os.O_CLOEXEC, mode, dfd=dfd)
+            else:
+                ring.prep_openat2((op, 0), raw, flags | os.O_CLOEXEC, mode, resolve, dfd=dfd)
 
         (res,) = await self._run(1, prep)
         if res < 0:
@@ -427,18 +521,26 @@ class UringEngine:
         finally:
             self._buffers.give(buf)
 
-    async def write(self, fd: int, data: WriteData, offset: int) -> int:
+    async def write(
+        self, fd: int, data: WriteData, offset: int, *, force_async: bool = False
+    ) -> int:
         """Write all of ``data`` at ``offset`` (resubmitting after short writes).
 
         ``offset=-1`` writes at the file position.  Returns ``len(data)`` in bytes.  On an
-        error after a short write, the bytes written so far stay written.
+        error after a short write, the bytes written so far stay written.  With
+        ``force_async`` the kernel never tries the write inside ``io_uring_enter`` (a
+        buffered write may wait there for filesystem locks) but on an io-wq worker.
 
         Raises:
             OSError: ``EBADF``, ``ENOSPC``, ``EFBIG``, ``EIO``...
         """
-        return await self._write_all(fd, data, offset, continuing=False)
+        return await self._write_all(
+            fd, data, offset, continuing=False, sqe_flags=IOSQE_ASYNC if force_async else 0
+        )
 
-    async def _write_all(self, fd: int, data: WriteData, offset: int, *, continuing: bool) -> int:
+    async def _write_all(
+        self, fd: int, data: WriteData, offset: int, *, continuing: bool, sqe_flags: int = 0
+    ) -> int:
         view = _byte_view(data)
         total = view.nbytes
         done = 0
@@ -448,7 +550,7 @@ class UringEngine:
             at = offset if offset < 0 else offset + done
 
             def prep(op: _Op, chunk: WriteData = chunk, at: int = at) -> None:
-                ring.prep_write((op, 0), fd, chunk, at)
+                ring.prep_write((op, 0), fd, chunk, at, sqe_flags=sqe_flags)
 
             (res,) = await self._run(1, prep, continuing=continuing or done > 0)
             if res < 0:
@@ -481,20 +583,27 @@ class UringEngine:
         if res < 0:
             raise _os_error(-res)
 
-    async def rename(self, old: PathArg, new: PathArg) -> None:
-        """``os.rename(old, new)``: atomically replaces ``new``; visible on return."""
+    async def rename(
+        self, old: PathArg, new: PathArg, *, old_dfd: int = AT_FDCWD, new_dfd: int = AT_FDCWD
+    ) -> None:
+        """``os.rename(old, new, src_dir_fd=old_dfd, dst_dir_fd=new_dfd)``: atomically
+        replaces ``new``; visible on return."""
         raw_old, raw_new = _encode(old), _encode(new)
         ring = self._ring
 
         def prep(op: _Op) -> None:
-            ring.prep_renameat((op, 0), raw_old, raw_new)
+            ring.prep_renameat((op, 0), raw_old, raw_new, old_dfd=old_dfd, new_dfd=new_dfd)
 
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res, os.fspath(old), os.fspath(new))
 
-    async def link(self, old: PathArg, new: PathArg) -> None:
+    async def link(
+        self, old: PathArg, new: PathArg, *, old_dfd: int = AT_FDCWD, new_dfd: int = AT_FDCWD
+    ) -> None:
         """Hard-link ``new`` to ``old`` (``link(2)``: a symlink is linked, not followed).
+
+        ``old_dfd``/``new_dfd``: directory fds the relative paths start from.
 
         Raises:
             FileExistsError: ``new`` exists (the fail-if-exists commit relies on this).
@@ -503,57 +612,59 @@ class UringEngine:
         ring = self._ring
 
         def prep(op: _Op) -> None:
-            ring.prep_linkat((op, 0), raw_old, raw_new)
+            ring.prep_linkat((op, 0), raw_old, raw_new, old_dfd=old_dfd, new_dfd=new_dfd)
 
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res, os.fspath(old), os.fspath(new))
 
-    async def unlink(self, path: PathArg) -> None:
-        """``os.unlink(path)``."""
-        await self._unlinkat(path, 0)
+    async def unlink(self, path: PathArg, *, dfd: int = AT_FDCWD) -> None:
+        """``os.unlink(path, dir_fd=dfd)``."""
+        await self._unlinkat(path, 0, dfd)
 
-    async def rmdir(self, path: PathArg) -> None:
-        """``os.rmdir(path)``."""
-        await self._unlinkat(path, AT_REMOVEDIR)
+    async def rmdir(self, path: PathArg, *, dfd: int = AT_FDCWD) -> None:
+        """``os.rmdir(path, dir_fd=dfd)``."""
+        await self._unlinkat(path, AT_REMOVEDIR, dfd)
 
-    async def _unlinkat(self, path: PathArg, flags: int) -> None:
+    async def _unlinkat(self, path: PathArg, flags: int, dfd: int) -> None:
         raw = _encode(path)
         ring = self._ring
 
         def prep(op: _Op) -> None:
-            ring.prep_unlinkat((op, 0), raw, flags=flags)
+            ring.prep_unlinkat((op, 0), raw, dfd=dfd, flags=flags)
 
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res, os.fspath(path))
 
-    async def mkdir(self, path: PathArg, mode: int = 0o777) -> None:
-        """``os.mkdir(path, mode)`` (the umask applies)."""
+    async def mkdir(self, path: PathArg, mode: int = 0o777, *, dfd: int = AT_FDCWD) -> None:
+        """``os.mkdir(path, mode, dir_fd=dfd)`` (the umask applies)."""
         raw = _encode(path)
         ring = self._ring
 
         def prep(op: _Op) -> None:
-            ring.prep_mkdirat((op, 0), raw, mode)
+            ring.prep_mkdirat((op, 0), raw, mode, dfd=dfd)
 
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res, os.fspath(path))
 
-    async def statx(self, path: PathArg, *, follow_symlinks: bool = True) -> StatxResult:
-        """``os.stat(path)`` through ``statx(2)``."""
+    async def statx(
+        self, path: PathArg, *, follow_symlinks: bool = True, dfd: int = AT_FDCWD
+    ) -> StatxResult:
+        """``os.stat(path, dir_fd=dfd)`` through ``statx(2)``."""
         raw = _encode(path)
         buf = ctypes.create_string_buffer(256)
         flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
         ring = self._ring
 
         def prep(op: _Op) -> None:
-            ring.prep_statx((op, 0), raw, buf, flags=flags)
+            ring.prep_statx((op, 0), raw, buf, dfd=dfd, flags=flags)
 
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res, os.fspath(path))
-        return _parse_statx(buf)
+        return parse_statx(buf)
 
     async def fstat(self, fd: int) -> StatxResult:
         """``os.fstat(fd)`` through ``statx(fd, "", AT_EMPTY_PATH)``."""
@@ -566,7 +677,7 @@ class UringEngine:
         (res,) = await self._run(1, prep)
         if res < 0:
             raise _os_error(-res)
-        return _parse_statx(buf)
+        return parse_statx(buf)
 
     async def write_fsync_rename(
         self,
@@ -582,8 +693,10 @@ class UringEngine:
         """Write ``data`` to ``fd`` (open on ``tmp_path``), sync it, rename it into place.
 
         Submitted as one linked chain ``write -> fsync -> rename [-> fsync(dir_fd)]``, so a
-        durable create costs one submission.  Nothing after a failed step runs: the kernel
-        completes the rest with ``ECANCELED`` and this raises the first real error.  If
+        durable create costs one submission.  Nothing after a failed write or fsync runs:
+        the kernel completes the rest with ``ECANCELED`` and this raises the first real
+        error (a failed rename is still followed by the directory fsync, which is
+        harmless: the kernel does not break links at failed name operations).  If
         the write is short (which also breaks the chain), the rest is written and the
         fsync/rename re-submitted.  On success the file is visible as ``final_path``
         (durably so only with ``dir_fd``, the directory's fd, or a later directory fsync).
@@ -687,6 +800,212 @@ class UringEngine:
             return ctypes.string_at(buf, nread)
         finally:
             self._buffers.give(buf)
+
+    # --- callback-style submission -------------------------------------------------------
+
+    def start(
+        self,
+        count: int,
+        prep: Callable[[_Op], object],
+        finish: Callable[[list[int]], R],
+        *,
+        on_orphan: Callable[[list[int]], None] | None = None,
+        into: asyncio.Future[R] | None = None,
+    ) -> asyncio.Future[R]:
+        """Queue one operation of ``count`` SQEs without a coroutine; return its future.
+
+        The building block for callers that chain operations with callbacks (the ``uring``
+        FS backend's hot paths), where a coroutine and a task per operation would cost
+        more than the operation.  Same rules as the coroutine methods: at most
+        :attr:`max_in_flight` SQEs outstanding (a caller beyond it is queued FIFO and
+        ``prep`` runs once slots are free), one ``io_uring_enter`` per loop iteration.
+
+        Args:
+            count: how many SQEs ``prep`` queues (all of them, or it raises).
+            prep: called with the operation once slots are granted; prepares step ``i``
+                with the token ``(op, i)`` on :attr:`ring`, linking steps as it likes.
+            finish: turns the per-step results (``res`` of each CQE: a value or
+                ``-errno``) into the future's value, or raises its exception.  Runs on
+                the loop when the last CQE is reaped (synchronously: no extra loop
+                iteration), only if the future is still live.  Returning
+                :data:`DEFERRED` leaves the future pending: ``finish`` started a
+                follow-up and resolves the future (``into``) itself.
+            on_orphan: called with the results when the future was cancelled before they
+                arrived (to release what the operation created, such as an fd).
+            into: the future to return and resolve (default: a new one).
+
+        Raises:
+            RuntimeError: the engine is closed or broken, or used from another loop.
+        """
+        self._check()
+        fut: asyncio.Future[R] = self._loop.create_future() if into is None else into
+        if not self._waiters and self._in_flight + count <= self._limit:
+            self._in_flight += count
+            self._peak = max(self._peak, self._in_flight)
+            self._queue_op(fut, count, prep, finish, on_orphan)
+            return fut
+        grant: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((count, grant))
+
+        def granted(g: asyncio.Future[None]) -> None:
+            if g.cancelled() or g.exception() is not None:
+                if not fut.done():
+                    fut.set_exception(
+                        g.exception() or RuntimeError("the io_uring engine was closed")
+                    )
+                return
+            if fut.done():  # the caller gave up while waiting
+                self._release(count)
+                return
+            self._queue_op(fut, count, prep, finish, on_orphan)
+
+        grant.add_done_callback(granted)
+        return fut
+
+    def _queue_op(
+        self,
+        fut: asyncio.Future[Any],
+        count: int,
+        prep: Callable[[_Op], object],
+        finish: Callable[[list[int]], Any],
+        on_orphan: Callable[[list[int]], None] | None,
+    ) -> None:
+        op = _Op(fut, count)
+        op.finish = finish
+        op.on_orphan = on_orphan
+        ring = self._ring
+        before = ring.in_flight
+        try:
+            prep(op)
+        except BaseException as exc:
+            queued = ring.in_flight - before
+            self._release(count - queued)
+            if queued:  # a half-queued chain would link to unrelated SQEs
+                self._break(exc)
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        self.stats.sqes += count
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def read_nowait(self, fd: int, size: int, offset: int) -> asyncio.Future[bytes]:
+        """:meth:`read` as a future, without a coroutine (the hot path of FS reads).
+
+        Raises (through the future):
+            OSError: ``EBADF``, ``EISDIR``, ``EIO``...
+        """
+        if size < 0:
+            raise ValueError("negative read size")
+        buf = self._buffers.take(min(size, MAX_RW_COUNT))
+        ring = self._ring
+        buffers = self._buffers
+
+        def prep(op: _Op) -> None:
+            ring.prep_read((op, 0), fd, buf, offset)
+
+        def finish(results: list[int]) -> bytes:
+            res = results[0]
+            try:
+                if res < 0:
+                    raise _os_error(-res)
+                return ctypes.string_at(buf, res)
+            finally:
+                buffers.give(buf)
+
+        return self.start(1, prep, finish)
+
+    def read_now(self, fd: int, size: int, offset: int) -> bytes | asyncio.Future[bytes]:
+        """Read at once if the kernel can (page cache), else like :meth:`read_nowait`.
+
+        Prepares the read, submits it (with anything else queued) in an
+        ``io_uring_enter`` right now, and reaps: a read served from the page cache
+        completes inside that call, and its bytes are returned directly, without a
+        future callback or a loop iteration.  Otherwise the read stays in flight and a
+        future for it is returned.  One system call either way (a miss costs no second
+        one, unlike ``preadv(RWF_NOWAIT)`` followed by a background read).  Use it while
+        reads are mostly cached: it gives up batching the submission.
+
+        Raises:
+            OSError: the read failed at once (``EBADF``, ``EISDIR``...).
+        """
+        if (
+            self._closing
+            or self._broken is not None
+            or self._waiters
+            or self._in_flight >= self._limit
+            or self._generation != _fork_generation
+            or not 0 <= size <= MAX_RW_COUNT
+        ):
+            return self.read_nowait(fd, size, offset)  # (queues, or raises as it should)
+        buffers = self._buffers
+        buf = buffers.take(size)
+        op = _Op(None, 1)
+        self._ring.prep_read((op, 0), fd, buf, offset)
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+        self.stats.sqes += 1
+        self._submit_and_reap(min_budget=1)
+        if not op.remaining:  # completed inside io_uring_enter: nobody else saw it
+            res = op.results[0]
+            try:
+                if res < 0:
+                    raise _os_error(-res)
+                return ctypes.string_at(buf, res)
+            finally:
+                buffers.give(buf)
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        op.fut = fut
+
+        def finish(results: list[int]) -> bytes:
+            res = results[0]
+            try:
+                if res < 0:
+                    raise _os_error(-res)
+                return ctypes.string_at(buf, res)
+            finally:
+                buffers.give(buf)
+
+        op.finish = finish
+        return fut
+
+    def close_soon(self, fd: int) -> None:
+        """Close ``fd`` through the ring without waiting (its result is not reported).
+
+        For descriptors nobody waits on any more (a directory fd after a commit, a small
+        file read whole).  Falls back to a local ``close`` if the engine is gone.
+        """
+        if self._closed or self._broken is not None or self._generation != _fork_generation:
+            os.close(fd)
+        elif self._in_flight < self._limit and not self._waiters:
+            self._close_internal(fd)
+        else:
+            task = self._loop.create_task(self._close_when_possible(fd))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def abandon(self) -> None:
+        """Tear down at once, without the loop (its loop is closed, or after ``fork()``).
+
+        Waiters fail with :class:`RuntimeError`; buffers the kernel may still use are kept
+        for the rest of the process.  Idempotent.
+        """
+        if self._closed:
+            return
+        if self._generation != _fork_generation:
+            self._forget_after_fork()
+            return
+        if not self._loop.is_closed():
+            self._teardown("the io_uring engine was abandoned")
+            return
+        # The loop is gone: nobody can wait on its futures any more (and completing them
+        # would schedule callbacks on a closed loop).  Drop the ring, keep the buffers.
+        self._closed = True
+        pending = self._ring.detach_keepalives()
+        if pending:
+            _ABANDONED.append(pending)
+        self._ring.close()
+        os.close(self._efd)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -854,6 +1173,10 @@ class UringEngine:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._submit_and_reap()
+
+    def _submit_and_reap(self, min_budget: int = 0) -> None:
+        """Submit what is queued, then reap (at least ``min_budget`` completions if any)."""
         ring = self._ring
         if ring.closed:
             return
@@ -866,14 +1189,14 @@ class UringEngine:
                     return
             else:
                 self.stats.submits += 1
-        self._reap()
+        self._reap(min_budget)
         if not ring.closed and ring.unsubmitted and self._retry_handle is None:
             # The kernel took only part of the batch (short of memory): try again soon.
             self._retry_handle = self._loop.call_later(0.001, self._retry_flush)
 
     def _retry_flush(self) -> None:
         self._retry_handle = None
-        self._flush()
+        self._submit_and_reap()
 
     def _on_eventfd(self) -> None:
         self.stats.wakeups += 1
@@ -883,9 +1206,13 @@ class UringEngine:
             pass
         self._reap()
 
-    def _reap(self) -> None:
-        """Deliver up to what is left of this iteration's budget of completions."""
-        budget = self._reap_batch - self._reaped
+    def _reap(self, min_budget: int = 0) -> None:
+        """Deliver up to what is left of this iteration's budget of completions.
+
+        ``min_budget``: deliver at least this many even past the budget (a synchronous
+        read's own completion wakes no task).
+        """
+        budget = max(self._reap_batch - self._reaped, min_budget)
         if budget <= 0:
             return  # _reap_next_iteration is scheduled and carries on
         ring = self._ring
@@ -918,8 +1245,20 @@ class UringEngine:
             if op.on_done is not None:
                 op.on_done(op.results)
             fut = op.fut
+            if fut is None:  # read_now's caller takes the result itself
+                continue
             if not fut.done():
-                fut.set_result(op.results)
+                finish = op.finish
+                if finish is None:
+                    fut.set_result(op.results)
+                else:
+                    try:
+                        value = finish(op.results)
+                    except Exception as exc:  # the operation's error, for its waiter
+                        fut.set_exception(exc)
+                    else:
+                        if value is not DEFERRED:
+                            fut.set_result(value)
             elif fut.cancelled() and op.on_orphan is not None:
                 op.on_orphan(op.results)
         self.stats.completions += len(completions)
@@ -981,7 +1320,7 @@ class UringEngine:
         if pending:
             _ABANDONED.append(pending)
         for (op, _index), _keep in pending.values():
-            if not op.fut.done():
+            if op.fut is not None and not op.fut.done():
                 error = RuntimeError(message)
                 error.__cause__ = cause
                 op.fut.set_exception(error)

@@ -90,10 +90,13 @@ __all__ = [
     "IORING_FEAT_NODROP",
     "IORING_FEAT_SINGLE_MMAP",
     "IOSQE_FIXED_FILE",
+    "IOSQE_ASYNC",
     "IOSQE_IO_HARDLINK",
     "IOSQE_IO_LINK",
     "MAX_RW_COUNT",
     "REQUIRED_OPS",
+    "RESOLVE_BENEATH",
+    "RESOLVE_NO_MAGICLINKS",
     "STATX_BASIC_STATS",
     "STATX_SIZE",
     "Op",
@@ -126,14 +129,17 @@ class Op(enum.IntEnum):
     WRITE = 23
     RENAMEAT = 35
     UNLINKAT = 36
+    OPENAT2 = 28
     MKDIRAT = 37
     LINKAT = 39
+    FTRUNCATE = 55
 
 
 #: Opcodes the engine needs, with the first Linux release that has each.
 REQUIRED_OPS: Final[dict[Op, str]] = {
     Op.FSYNC: "5.1",
     Op.OPENAT: "5.6",
+    Op.OPENAT2: "5.6",
     Op.CLOSE: "5.6",
     Op.STATX: "5.6",
     Op.READ: "5.6",
@@ -147,6 +153,8 @@ REQUIRED_OPS: Final[dict[Op, str]] = {
 IOSQE_FIXED_FILE: Final = 1 << 0
 IOSQE_IO_LINK: Final = 1 << 2
 IOSQE_IO_HARDLINK: Final = 1 << 3
+#: Never try the operation inline in ``io_uring_enter``: hand it to an io-wq worker.
+IOSQE_ASYNC: Final = 1 << 4
 
 _IORING_SETUP_SUBMIT_ALL: Final = 1 << 7
 
@@ -175,6 +183,9 @@ AT_REMOVEDIR: Final = 0x200
 AT_EMPTY_PATH: Final = 0x1000
 STATX_SIZE: Final = 0x200
 STATX_BASIC_STATS: Final = 0x7FF
+#: ``struct open_how.resolve`` bits (``openat2(2)``).
+RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_BENEATH: Final = 0x08
 
 #: The kernel caps one read or write at this many bytes (``MAX_RW_COUNT``).
 MAX_RW_COUNT: Final = 0x7FFFF000
@@ -184,6 +195,8 @@ MAX_RW_COUNT: Final = 0x7FFFF000
 _SQE: Final = struct.Struct("=BBHiQQIIQHHIQQ")
 # struct io_uring_cqe: user_data res flags
 _CQE: Final = struct.Struct("=QiI")
+# struct open_how: flags mode resolve
+_OPEN_HOW: Final = struct.Struct("=QQQ")
 # struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (8 u32 + u64)
 _PARAMS: Final = struct.Struct("=10I8IQ8IQ")
 _PROBE_OPS: Final = 256
@@ -537,6 +550,8 @@ class Ring(Generic[T]):
         self._sqes = memoryview(sqe_map)
         self._cqes = memoryview(cq_map)[cq_off[5] : cq_off[5] + cq_entries * _CQE.size]
         self._sq_tail = self._sq_ktail.value
+        self._hows = ctypes.create_string_buffer(sq_entries * _OPEN_HOW.size)
+        self._hows_addr = ctypes.addressof(self._hows)
         self.sq_entries = sq_entries
         self.cq_entries = cq_entries
         self.features = features
@@ -662,6 +677,48 @@ class Ring(Generic[T]):
             token, path, Op.OPENAT, dfd, 0, _path_addr(path), mode, flags, sqe_flags, index
         )
 
+    def prep_openat2(
+        self,
+        token: T,
+        path: bytes,
+        flags: int,
+        mode: int,
+        resolve: int,
+        *,
+        dfd: int = AT_FDCWD,
+        file_slot: int | None = None,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Prepare ``openat2(dfd, path, {flags, mode, resolve})``.
+
+        ``resolve`` takes ``RESOLVE_*`` bits: with ``RESOLVE_BENEATH`` the kernel refuses
+        (``EXDEV``) any resolution that leaves ``dfd``, through ``..`` or a symlink.
+        ``mode`` must be 0 unless ``flags`` has ``O_CREAT`` or ``O_TMPFILE`` (the kernel
+        is strict about it).  ``file_slot`` works as for :meth:`prep_openat`.
+        """
+        # Each SQE slot has its own open_how: the kernel copies it when it consumes the
+        # SQE (prep runs at submission), and a slot is reused only after that.
+        if self._closed:
+            raise ValueError("io_uring ring is closed")
+        tail = self._sq_tail
+        if (tail - self._sq_khead.value) & _U32 >= self.sq_entries:  # (before touching it)
+            raise RingFullError(f"all {self.sq_entries} submission entries are in use")
+        at = (tail & self._sq_mask) * _OPEN_HOW.size
+        _OPEN_HOW.pack_into(self._hows, at, flags, mode, resolve)
+        index = 0 if file_slot is None else file_slot + 1
+        return self._push(
+            token,
+            path,
+            Op.OPENAT2,
+            dfd,
+            self._hows_addr + at,
+            _path_addr(path),
+            _OPEN_HOW.size,
+            0,
+            sqe_flags,
+            index,
+        )
+
     def prep_read(
         self,
         token: T,
@@ -704,6 +761,10 @@ class Ring(Generic[T]):
         """Prepare closing registered file slot ``file_slot`` (a direct descriptor)."""
         return self._push(token, None, Op.CLOSE, 0, 0, 0, 0, 0, sqe_flags, file_slot + 1)
 
+    def prep_ftruncate(self, token: T, fd: int, length: int, *, sqe_flags: int = 0) -> int:
+        """Prepare ``ftruncate(fd, length)`` (``IORING_OP_FTRUNCATE``, Linux 6.9)."""
+        return self._push(token, None, Op.FTRUNCATE, fd, length, 0, 0, 0, sqe_flags)
+
     def prep_statx(
         self,
         token: T,
@@ -725,50 +786,66 @@ class Ring(Generic[T]):
         )
 
     def prep_renameat(
-        self, token: T, old: bytes, new: bytes, *, flags: int = 0, sqe_flags: int = 0
+        self,
+        token: T,
+        old: bytes,
+        new: bytes,
+        *,
+        old_dfd: int = AT_FDCWD,
+        new_dfd: int = AT_FDCWD,
+        flags: int = 0,
+        sqe_flags: int = 0,
     ) -> int:
-        """Prepare ``renameat2(AT_FDCWD, old, AT_FDCWD, new, flags)``."""
+        """Prepare ``renameat2(old_dfd, old, new_dfd, new, flags)``."""
         old_addr, new_addr = _path_addr(old), _path_addr(new)
         return self._push(
             token,
             (old, new),
             Op.RENAMEAT,
-            AT_FDCWD,
+            old_dfd,
             new_addr,
             old_addr,
-            AT_FDCWD & _U32,
+            new_dfd & _U32,
             flags,
             sqe_flags,
         )
 
     def prep_linkat(
-        self, token: T, old: bytes, new: bytes, *, flags: int = 0, sqe_flags: int = 0
+        self,
+        token: T,
+        old: bytes,
+        new: bytes,
+        *,
+        old_dfd: int = AT_FDCWD,
+        new_dfd: int = AT_FDCWD,
+        flags: int = 0,
+        sqe_flags: int = 0,
     ) -> int:
-        """Prepare ``linkat(AT_FDCWD, old, AT_FDCWD, new, flags)``."""
+        """Prepare ``linkat(old_dfd, old, new_dfd, new, flags)``."""
         old_addr, new_addr = _path_addr(old), _path_addr(new)
         return self._push(
             token,
             (old, new),
             Op.LINKAT,
-            AT_FDCWD,
+            old_dfd,
             new_addr,
             old_addr,
-            AT_FDCWD & _U32,
+            new_dfd & _U32,
             flags,
             sqe_flags,
         )
 
-    def prep_unlinkat(self, token: T, path: bytes, *, flags: int = 0, sqe_flags: int = 0) -> int:
-        """Prepare ``unlinkat(AT_FDCWD, path, flags)`` (``AT_REMOVEDIR`` for a directory)."""
-        return self._push(
-            token, path, Op.UNLINKAT, AT_FDCWD, 0, _path_addr(path), 0, flags, sqe_flags
-        )
+    def prep_unlinkat(
+        self, token: T, path: bytes, *, dfd: int = AT_FDCWD, flags: int = 0, sqe_flags: int = 0
+    ) -> int:
+        """Prepare ``unlinkat(dfd, path, flags)`` (``AT_REMOVEDIR`` for a directory)."""
+        return self._push(token, path, Op.UNLINKAT, dfd, 0, _path_addr(path), 0, flags, sqe_flags)
 
-    def prep_mkdirat(self, token: T, path: bytes, mode: int, *, sqe_flags: int = 0) -> int:
-        """Prepare ``mkdirat(AT_FDCWD, path, mode)``."""
-        return self._push(
-            token, path, Op.MKDIRAT, AT_FDCWD, 0, _path_addr(path), mode, 0, sqe_flags
-        )
+    def prep_mkdirat(
+        self, token: T, path: bytes, mode: int, *, dfd: int = AT_FDCWD, sqe_flags: int = 0
+    ) -> int:
+        """Prepare ``mkdirat(dfd, path, mode)``."""
+        return self._push(token, path, Op.MKDIRAT, dfd, 0, _path_addr(path), mode, 0, sqe_flags)
 
     # --- submission and completion -------------------------------------------------------
 

@@ -35,7 +35,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiodbox.imap.commands.base import CommandError, Reply, bad, no, ok
 from aiodbox.imap.output import SENDFILE_MIN, Output
@@ -363,7 +363,11 @@ async def fetch(conn: ImapConnection, cmd: Fetch) -> Reply:
             async for fetched in messages:
                 try:
                     delivered += 1
-                    await writer.message(seq_of[fetched.uid], fetched)
+                    seq = seq_of[fetched.uid]
+                    if not writer.message_now(seq, fetched):
+                        await writer.message(seq, fetched)
+                    elif out.paused:
+                        await out.drain()
                 finally:
                     await fetched.aclose()
         missing = len(uids) - delivered
@@ -388,8 +392,28 @@ async def _mark_seen(sel: SelectedMailbox, indices: Sequence[int]) -> set[int]:
     return set(unseen)
 
 
+_VIEW = 0  # FLAGS, UID, RFC822.SIZE, MODSEQ: from the view
+_WHOLE_BODY = 1  # BODY[] / BODY.PEEK[] / RFC822: the whole message, no partial
+_OTHER = 2
+
+
+def _kind(attr: FetchAttribute) -> int:
+    if attr.name in _VIEW_ITEMS:
+        return _VIEW
+    if attr.partial is None and (
+        attr.name == "RFC822" or (attr.name == "BODY" and attr.section == _WHOLE)
+    ):
+        return _WHOLE_BODY
+    return _OTHER
+
+
 class _Writer:
-    """Renders one FETCH response per message."""
+    """Renders one FETCH response per message.
+
+    What each item needs is worked out once per command (``_items``: kind, item, the
+    item's response name), not once per message; a response whose items are all small
+    is written with one :meth:`Output.buffer` call.
+    """
 
     def __init__(
         self,
@@ -405,13 +429,18 @@ class _Writer:
         self.attrs = attrs
         self.seen_now = seen_now
         self.has_flags = any(a.name == "FLAGS" for a in attrs)
-
-    def _items_for(self, uid: int) -> list[FetchAttribute]:
-        items = list(self.prefix)
-        if uid in self.seen_now and not self.has_flags:
-            items.append(FetchAttribute("FLAGS"))
-        items += self.attrs
-        return items
+        plan = [*prefix, *attrs]
+        self._items = [(_kind(a), a, r.fetch_item_name(_display(a))) for a in plan]
+        self._items_seen = self._items
+        if not self.has_flags:
+            flags = FetchAttribute("FLAGS")
+            self._items_seen = [
+                *self._items[: len(prefix)],
+                (_VIEW, flags, b"FLAGS"),
+                *self._items[len(prefix) :],
+            ]
+        # message_now() serves responses made only of view items and whole small bodies.
+        self._simple = all(kind != _OTHER for kind, _a, _n in self._items)
 
     def _view_value(self, attr: FetchAttribute, uid: int, vi: int) -> bytes:
         view = self.sel.view
@@ -431,8 +460,37 @@ class _Writer:
         vi = sel.view.index_of(uid)
         if vi is None:
             return False
-        values = [self._view_value(a, uid, vi) for a in self._items_for(uid)]
+        items = self._items_seen if uid in self.seen_now else self._items
+        values = [self._view_value(a, uid, vi) for _kind, a, _name in items]
         self.out.buffer(r.fetch_response(i + 1, values))
+        return True
+
+    def message_now(self, i: int, fetched: FetchedMessage) -> bool:
+        """Write the response for message index ``i`` if it needs nothing but the view and
+        the message's bytes in memory (``FETCH (UID BODY.PEEK[])`` of small messages);
+        False if :meth:`message` must do it."""
+        data = fetched.data
+        if not self._simple or data is None:
+            return False
+        uid = fetched.uid
+        view = self.sel.view
+        vi = view.index_of(uid)
+        if vi is None:
+            return False
+        items = self._items_seen if uid in self.seen_now else self._items
+        parts = [b"* %d FETCH (" % (i + 1)]
+        for kind, attr, item_name in items:
+            if len(parts) > 1:
+                parts.append(b" ")
+            if kind == _WHOLE_BODY:
+                parts.append(item_name + b" {%d}\r\n" % len(data))
+                parts.append(data)
+            elif attr.name == "UID":
+                parts.append(b"UID %d" % uid)
+            else:
+                parts.append(self._view_value(attr, uid, vi))
+        parts.append(b")\r\n")
+        self.out.buffer_parts(parts)
         return True
 
     async def message(self, i: int, fetched: FetchedMessage) -> None:
@@ -444,9 +502,16 @@ class _Writer:
         record = fetched.record
         size = sel.view.sizes[vi] if vi is not None else record.size
         pieces: list[bytes | tuple[FetchAttribute, _Stream]] = []
-        for attr in self._items_for(uid):
+        streamed = False
+        items = self._items_seen if uid in self.seen_now else self._items
+        for kind, attr, item_name in items:
+            if kind == _WHOLE_BODY:
+                data = fetched.data
+                if data is not None:
+                    pieces.append(item_name + b" {%d}\r\n" % len(data) + data)
+                    continue
             name = attr.name
-            if name in _VIEW_ITEMS:
+            if kind == _VIEW:
                 if vi is None:
                     pieces.append(self._record_value(attr, fetched))
                 else:
@@ -465,7 +530,14 @@ class _Writer:
                 assert fetched.summary is not None
                 pieces.append(r.fetch_bodystructure(fetched.summary.body, extensible=False))
             else:
-                pieces.append(await self._section(attr, fetched, size))
+                piece = await self._section(attr, fetched, size)
+                streamed = streamed or not isinstance(piece, bytes)
+                pieces.append(piece)
+        if not streamed:
+            out.buffer(b"* %d FETCH (%b)\r\n" % (i + 1, b" ".join(cast(list[bytes], pieces))))
+            if out.paused:
+                await out.drain()
+            return
         out.buffer(b"* %d FETCH (" % (i + 1))
         first = True
         for piece in pieces:
