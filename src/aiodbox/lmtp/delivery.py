@@ -167,13 +167,13 @@ class StorageDelivery:
         try:
             account = await self.storage.user(user)
             try:
-                mbox = await account.open_mailbox(self.mailbox)
+                mbox = await account.open_mailbox(self.mailbox, load_view=False)
             except MailboxNotFound:
                 try:
                     await account.create_mailbox(self.mailbox)
                 except MailboxExists:
                     pass
-                mbox = await account.open_mailbox(self.mailbox)
+                mbox = await account.open_mailbox(self.mailbox, load_view=False)
             try:
                 tx = mbox.transaction()
                 await tx.save(stream, size_hint=envelope.size_hint)

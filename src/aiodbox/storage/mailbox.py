@@ -544,6 +544,7 @@ class Mailbox:
         self.view = MailboxView(info.id, info.uidvalidity)
         self.refs = 0
         self.deleted = False
+        self.loaded = False  # the view holds the mailbox (see User.open_mailbox)
         self._refresh_lock = asyncio.Lock()
 
     @property
@@ -575,6 +576,7 @@ class Mailbox:
             raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
         self.view.install(columns, mb[0], mb[1], mb[2])
         self.view.data_version = version
+        self.loaded = True
 
     async def sync(self) -> bool:
         """Catch up with changes committed by anyone (free when nothing changed: the
@@ -596,7 +598,14 @@ class Mailbox:
         return await self.refresh()
 
     async def refresh(self) -> bool:
-        """Read what changed since the view's modseq and apply it."""
+        """Read what changed since the view's modseq and apply it.
+
+        A mailbox opened without its view refreshes the shared view instead, if a
+        session opened one meanwhile (so that session sees this process's commit at once).
+        """
+        if not self.loaded:
+            shared = self.user.shared_mailbox(self.info.id)
+            return await shared.refresh() if shared is not None and shared.loaded else False
         mid = self.info.id
         async with self._refresh_lock:
             since = self.view.highestmodseq

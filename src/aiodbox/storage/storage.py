@@ -487,20 +487,30 @@ class User:
 
     # ------------------------------------------------------------ opening
 
-    async def open_mailbox(self, name: str) -> Mailbox:
+    async def open_mailbox(self, name: str, *, load_view: bool = True) -> Mailbox:
         """Open a mailbox: every caller in this process shares its view.
 
+        ``load_view=False`` is for saving into the mailbox only (APPEND, the target of
+        COPY, LMTP): the view is not read from the index (that costs a query over every
+        message) unless someone in this process has the mailbox open already, so such a
+        mailbox has no view to read from and does not refresh one after commits.
         Call :meth:`Mailbox.close` when done.
         """
         info = await self.get_mailbox_info(name)
         async with self._mailbox_lock:
             mbox = self._mailboxes.get(info.id)
-            if mbox is None:
+            if mbox is None and not load_view:
+                mbox = Mailbox(self, info)  # private and unloaded: close() forgets nothing
+            elif mbox is None:
                 mbox = Mailbox(self, info)
                 await mbox.load()
                 self._mailboxes[info.id] = mbox
             mbox.refs += 1
         return mbox
+
+    def shared_mailbox(self, mailbox_id: int) -> Mailbox | None:
+        """The mailbox whose view this process's sessions share, if one is open."""
+        return self._mailboxes.get(mailbox_id)
 
     def forget_mailbox(self, mbox: Mailbox) -> None:
         """Drop the shared view once its last user closed it."""

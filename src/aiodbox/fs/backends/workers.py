@@ -39,6 +39,10 @@ class _Job:
         self.error: BaseException | None = None
 
 
+def _no_fn() -> None:
+    return None
+
+
 class WorkerPool:
     """Run blocking functions on ``threads`` worker threads; see the module docstring."""
 
@@ -93,17 +97,30 @@ class WorkerPool:
                 job.result = job.fn(*job.args)
             except BaseException as e:  # delivered to the awaiting coroutine
                 job.error = e
-            self._done.append(job)
-            with self._lock:
-                wake = not self._wake_pending
-                self._wake_pending = True
-            if wake:
-                loop = self._loop
-                if loop is not None and not loop.is_closed():
-                    try:
-                        loop.call_soon_threadsafe(self._drain)
-                    except RuntimeError:  # loop closed meanwhile: nobody is waiting
-                        pass
+            self._finished(job)
+
+    def complete(self, future: asyncio.Future[T], result: T, error: BaseException | None) -> None:
+        """Resolve ``future`` on the loop, batched like jobs (called from a worker thread).
+
+        For a job that runs several pieces of work and reports each as it finishes.
+        """
+        job = _Job(_no_fn, (), future)
+        job.result = result
+        job.error = error
+        self._finished(job)
+
+    def _finished(self, job: _Job) -> None:
+        self._done.append(job)
+        with self._lock:
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # loop closed meanwhile: nobody is waiting
+                    pass
 
     def _drain(self) -> None:
         with self._lock:
@@ -112,7 +129,8 @@ class WorkerPool:
         done = self._done
         while done:
             job = done.popleft()
-            self.completed += 1
+            if job.fn is not _no_fn:  # not a complete() report: that counts as no job
+                self.completed += 1
             fut = job.future
             if fut.cancelled():
                 continue

@@ -68,7 +68,7 @@ async def append(conn: ImapConnection, first: AppendMessageStart) -> Reply:
     parser = conn.parser
     limit = conn.server.config.imap.max_literal_size
     try:
-        mailbox = await user.open_mailbox(first.mailbox)
+        mailbox = await user.open_mailbox(first.mailbox, load_view=False)
     except MailboxNotFound:
         parser.reject_literal()
         return no(f"Mailbox doesn't exist: {first.mailbox}", r.TRYCREATE)

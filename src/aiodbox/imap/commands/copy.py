@@ -32,7 +32,7 @@ async def _transfer(conn: ImapConnection, cmd: Copy | Move, *, move: bool) -> Re
         return ok("No messages found.")
     uids = [sel.uids[i] for i in indices]
     try:
-        dest = await user.open_mailbox(cmd.mailbox)
+        dest = await user.open_mailbox(cmd.mailbox, load_view=False)
     except MailboxNotFound:
         return no(f"Mailbox doesn't exist: {cmd.mailbox}", r.TRYCREATE)
     try:
