@@ -2,7 +2,8 @@
 
     python3 bench/imap_bench.py [--quick] [--fs posix|uring|posix,uring] [--formats sdbox,mdbox]
                                 [--only fetch4k,fetch1m,append,noop,memory] [--cold]
-                                [--idle-users one,distinct] [--dir DIR] [--keep]
+                                [--idle-users one,distinct] [--idle-settle S]
+                                [--dir DIR] [--keep]
 
 One command from a clean machine: when Dovecot is missing and this runs as root on
 Debian, it installs ``dovecot-imapd`` and ``dovecot-lmtpd`` with apt-get (the packages'
@@ -56,6 +57,9 @@ Scenarios (sizes for full / ``--quick``):
              INBOX holds 100 x 4 KiB; ``users=distinct``: one user per connection, each
              with an (already created) empty INBOX.  Dovecot's baseline is
              ``process_per_connection``; ``one_process`` is reported for reference.
+             ``settled_per_connection_kib``: the same after the connections idled
+             ``--idle-settle`` more seconds (default 12: aiodbox closes a user's
+             SQLite connections after 10 s without use and gives the memory back).
 
 Goals from the issue (aiodbox rows carry ``goal`` and ``meets_goal``): ≤ 40 KiB per idle
 connection; NOOP p99 ≤ 5 ms under the FETCH load in one process; APPEND ≥ 0.7x,
@@ -746,6 +750,10 @@ class Bench:
             await asyncio.gather(*(c.noop() for c in clients))
             await asyncio.sleep(1.0)
             after = await asyncio.to_thread(t.server.memory_kib)
+            settled = None
+            if self.args.idle_settle > 0:
+                await asyncio.sleep(self.args.idle_settle)
+                settled = await asyncio.to_thread(t.server.memory_kib)
         finally:
             sem = asyncio.Semaphore(64)
 
@@ -768,6 +776,14 @@ class Bench:
             processes_after=after["processes"],
             connect_s=round(connect_s, 2),
         )
+        if settled is not None:
+            row.update(
+                settled_after_s=self.args.idle_settle,
+                settled_per_connection_kib=round((settled["Pss"] - before["Pss"]) / n, 1),
+                settled_anon_per_connection_kib=round(
+                    (settled["Pss_Anon"] - before["Pss_Anon"]) / n, 1
+                ),
+            )
         return row
 
 
@@ -786,6 +802,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--idle-users", default="one,distinct", help="memory scenario: one,distinct")
     ap.add_argument("--cold", action="store_true", help="fetch also with a cold page cache")
+    ap.add_argument(
+        "--idle-settle",
+        type=float,
+        default=12.0,
+        help="memory: also measure after the connections idled this long (0: don't)",
+    )
     ap.add_argument("--append-window", type=int, default=1, help="APPENDs in flight per conn")
     ap.add_argument("--connections", type=int, help="idle connections (default 1000 / 200)")
     ap.add_argument("--rounds", type=int, help="timed FETCH rounds (default 7 / 3)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from aiodbox.config import StorageConfig
+from aiodbox.index import db as db_module
 from aiodbox.index.db import IndexDB, sqlite_pool
+from aiodbox.storage import Storage
 
 
 def _make_table(conn: sqlite3.Connection) -> None:
@@ -131,3 +135,107 @@ async def test_queued_jobs_run_back_to_back_in_one_pool_job(tmp_path: Path) -> N
     assert await asyncio.gather(*rest) == list(range(20))
     assert pool.stats()["submitted"] - before == 1
     await db.close()
+
+
+def _open_fds_to(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            count += 1
+    return count
+
+
+async def test_idle_connections_close_and_reopen_on_the_next_job(tmp_path: Path) -> None:
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    db.idle_close_after = 0.05
+    await db.write(_make_table)
+    await db.write(_insert(1))
+    before = await db.data_version()
+    assert _open_fds_to(tmp_path) > 0
+    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.05)  # the close jobs ran
+    assert _open_fds_to(tmp_path) == 0  # both connections (and the -shm) are gone
+    # The next jobs open them again, and see everything committed meanwhile.
+    other = sqlite3.connect(tmp_path / "index.sqlite")
+    other.execute("INSERT INTO t (k, v) VALUES (2, 'elsewhere')")
+    other.commit()
+    other.close()
+    assert await db.read(_keys) == [1, 2]
+    assert await db.write(_insert(3)) == 3
+    assert await db.read(_keys) == [1, 2, 3]
+    # A remembered data_version never matches one of a reopened connection.
+    assert await db.data_version() != before
+    await db.close()
+    assert _open_fds_to(tmp_path) == 0
+
+
+async def test_a_busy_database_is_not_closed(tmp_path: Path) -> None:
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    db.idle_close_after = 0.1
+    await db.write(_make_table)
+    for k in range(10):  # a job every 40 ms: never idle for 100 ms
+        await db.write(_insert(k))
+        await asyncio.sleep(0.04)
+    version = await db.data_version()
+    assert await db.data_version() == version  # same reader connection throughout
+    await db.close()
+
+
+async def test_a_mailbox_view_notices_changes_across_a_reopened_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "IDLE_CLOSE_AFTER", 0.05)
+
+    cfg = StorageConfig(
+        format="sdbox", mail_root=tmp_path / "mail", index_root=tmp_path / "index", fs="posix"
+    )
+    storage = Storage(cfg)
+    user = await storage.user("u")
+    inbox = await user.open_mailbox("INBOX")
+    await asyncio.sleep(0.3)
+    assert _open_fds_to(tmp_path / "index") == 0
+    # another process (here: another Storage) delivers a message
+    other = Storage(cfg)
+    other_user = await other.user("u")
+    box = await other_user.open_mailbox("INBOX", load_view=False)
+    tx = box.transaction()
+    await tx.save(b"Subject: hi\r\n\r\nhello\r\n")
+    await tx.commit()
+    await box.close()
+    await other_user.close()
+    assert await inbox.sync() is True
+    assert list(inbox.view.uids) == [1]
+    await inbox.close()
+    await user.close()
+
+
+async def test_freed_memory_is_given_back_once_after_a_burst_of_idle_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_trim = db_module._malloc_trim
+    if real_trim is None:
+        pytest.skip("not glibc: there is no malloc_trim to call")
+    calls: list[int] = []
+
+    def spy(pad: int) -> int:  # the real malloc_trim, counted
+        calls.append(pad)
+        assert real_trim is not None
+        return real_trim(pad)
+
+    monkeypatch.setattr(db_module, "_malloc_trim", spy)
+    monkeypatch.setattr(db_module, "TRIM_DELAY", 0.1)
+    dbs = []
+    for i in range(5):
+        db = await IndexDB.open(tmp_path / f"u{i}" / "index.sqlite")
+        db.idle_close_after = 0.05
+        await db.write(_make_table)
+        dbs.append(db)
+    await asyncio.sleep(0.5)
+    assert _open_fds_to(tmp_path) == 0
+    assert calls == [0]  # five databases closed together: one trim
+    for db in dbs:
+        await db.close()

@@ -17,12 +17,25 @@ SQLite serialises writers, and a busy database is waited for in the worker threa
 (``busy_timeout``), never on the loop.  The change is visible to every reader, in this
 process and others, when ``write`` returns.  ``data_version()`` is the cheap way to notice
 that *another* connection (another process) committed something.
+
+*Idle connections are closed.*  An open SQLite connection costs about 70 KiB (schema,
+page cache, the mapped ``-shm``), and a server holds one user per idle IMAP connection.
+A user's sessions need SQLite only when something changed (the index directory is
+watched, see :mod:`.changes`), so after ``idle_close_after`` seconds without a job both
+connections are closed (a job queued behind the close), and the next job opens them
+again in its worker thread.  Values of ``PRAGMA data_version`` are comparable only
+within one connection, so :func:`read_data_version` tags them with the connection
+they came from: a reopened connection never matches a remembered value.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import functools
+import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -35,6 +48,7 @@ from aiodbox.index.changes import watch_directory
 from aiodbox.index.schema import migrate
 
 T = TypeVar("T")
+log = logging.getLogger("aiodbox.index")
 
 _POOL: WorkerPool | None = None
 _POOL_LOOP: asyncio.AbstractEventLoop | None = None
@@ -53,8 +67,33 @@ def sqlite_pool() -> WorkerPool:
     return _POOL
 
 
+IDLE_CLOSE_AFTER = 10.0
+"""Seconds without a job after which a database's connections are closed."""
+
+_connections_made = itertools.count(1)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that knows its number (see :func:`read_data_version`)."""
+
+    number = 0
+
+
+def read_data_version(conn: sqlite3.Connection) -> int:
+    """``PRAGMA data_version`` of ``conn``, made unique to this connection.
+
+    Equal results mean no other connection committed in between; results of different
+    connections (a connection reopened after idling) are never equal.
+    """
+    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+    return (getattr(conn, "number", 0) << 40) | version
+
+
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30, factory=_Connection
+    )
+    conn.number = next(_connections_made)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -71,8 +110,15 @@ class _Serial:
     tried: with four sessions saving to one user it made no measurable difference.)
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, transactions: bool = False) -> None:
-        self.conn = conn
+    def __init__(
+        self,
+        opener: Callable[[], sqlite3.Connection],
+        conn: sqlite3.Connection | None = None,
+        *,
+        transactions: bool = False,
+    ) -> None:
+        self.opener = opener
+        self.conn = conn  # None while closed: the next job opens it
         self.transactions = transactions
         self._jobs: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
@@ -96,9 +142,16 @@ class _Serial:
             pool.submit(self._drain, pool)
         return future
 
+    def close_when_idle(self) -> asyncio.Future[None]:
+        """Queue closing the connection (a later job opens it again)."""
+        return self.run(self._close, outside_transaction=True)
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        conn.close()
+        self.conn = None
+
     def _drain(self, pool: WorkerPool) -> None:
         """Run queued jobs until none is left (in a pool thread)."""
-        conn = self.conn
         while True:
             with self._lock:
                 if not self._jobs:
@@ -108,6 +161,12 @@ class _Serial:
             if future.cancelled():
                 continue
             try:
+                conn = self.conn
+                if conn is None:
+                    if fn == self._close:  # closed already
+                        pool.complete(future, None, None)
+                        continue
+                    conn = self.conn = self.opener()
                 if transaction:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
@@ -133,10 +192,15 @@ class IndexDB:
 
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self.path = path
-        self._writer = _Serial(writer, transactions=True)
-        self._reader = _Serial(reader)
+        opener = functools.partial(_connect, str(path))
+        self._writer = _Serial(opener, writer, transactions=True)
+        self._reader = _Serial(opener, reader)
         self._closed = False
         self._changes = watch_directory(str(path.parent))
+        self.idle_close_after = IDLE_CLOSE_AFTER
+        self._last_job = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._connected = True
 
     @property
     def change_generation(self) -> int | None:
@@ -168,8 +232,31 @@ class IndexDB:
         writer, reader = await sqlite_pool().submit(opening)
         return cls(path, writer, reader)
 
+    def _used(self) -> None:
+        """A job is being queued: (re)arm the idle close."""
+        loop = asyncio.get_running_loop()
+        self._last_job = loop.time()
+        self._connected = True
+        if self._idle_timer is None and not self._closed:
+            self._idle_timer = loop.call_later(self.idle_close_after, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._idle_timer = None
+        if self._closed or not self._connected:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._last_job + self.idle_close_after - loop.time()
+        if left > 0:
+            self._idle_timer = loop.call_later(left, self._close_if_idle)
+            return
+        self._connected = False
+        for serial in (self._writer, self._reader):
+            serial.close_when_idle().add_done_callback(_log_close_failure)
+        _give_memory_back_soon()
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the reader connection, off the loop; return its result."""
+        self._used()
         return await self._reader.run(fn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -178,29 +265,65 @@ class IndexDB:
         The transaction commits if ``fn`` returns and rolls back if it raises.  The
         change is visible to all readers when this returns.
         """
-
+        self._used()
         return await self._writer.run(fn)
 
     async def data_version(self) -> int:
-        """``PRAGMA data_version`` of the reader: changes when any other connection commits."""
-
-        def version(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-        return await self.read(version)
+        """:func:`read_data_version` of the reader: changes when any other connection
+        commits (and when the reader was reopened)."""
+        return await self.read(read_data_version)
 
     async def close(self) -> None:
         """Close both connections (waits for jobs in progress)."""
         if self._closed:
             return
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._changes is not None:
             self._changes.close()
         # Queued last on each connection: jobs already queued run first.
-        await asyncio.gather(
-            self._writer.run(sqlite3.Connection.close, outside_transaction=True),
-            self._reader.run(sqlite3.Connection.close),
-        )
+        await asyncio.gather(self._writer.close_when_idle(), self._reader.close_when_idle())
+
+
+TRIM_DELAY = 1.0
+"""Seconds after the last idle close before freed memory is given back."""
+
+_malloc_trim: Callable[[int], int] | None = None
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # not glibc
+    pass
+_trim_timer: asyncio.TimerHandle | None = None
+
+
+def _give_memory_back_soon() -> None:
+    """Return freed heap pages to the kernel (glibc ``malloc_trim``) once closing settles.
+
+    A closed connection's memory (pages, schema, lookaside) lies between allocations that
+    stay, so ``free`` alone keeps it resident; trimming releases every free page.  Idle
+    connections tend to close in bursts (users that logged in together): the trim runs
+    once, in a pool thread, ``TRIM_DELAY`` after the last close of the burst was queued.
+    """
+    global _trim_timer
+    if _malloc_trim is None:
+        return
+    if _trim_timer is not None:
+        _trim_timer.cancel()
+    _trim_timer = asyncio.get_running_loop().call_later(TRIM_DELAY, _trim)
+
+
+def _trim() -> None:
+    global _trim_timer
+    _trim_timer = None
+    assert _malloc_trim is not None
+    sqlite_pool().submit(_malloc_trim, 0).add_done_callback(_log_close_failure)
+
+
+def _log_close_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("closing idle index connections failed: %s", future.exception())
 
 
 def pid_alive(pid: int) -> bool:

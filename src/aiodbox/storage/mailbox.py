@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from aiodbox.fs import FsNotFound
+from aiodbox.index.db import read_data_version
 from aiodbox.index.schema import FLAG_BITS
 from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
 from aiodbox.storage.formats import SaveContext, SaveHandle
@@ -556,7 +557,7 @@ class Mailbox:
         mid = self.info.id
 
         def q(conn: sqlite3.Connection) -> tuple[ViewColumns, Any, int]:
-            version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+            version = read_data_version(conn)
             conn.execute("BEGIN")
             try:
                 mb = conn.execute(
@@ -611,7 +612,7 @@ class Mailbox:
             since = self.view.highestmodseq
 
             def q(conn: sqlite3.Connection) -> tuple[list[Any], list[int], Any, int]:
-                version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                version = read_data_version(conn)
                 conn.execute("BEGIN")
                 try:
                     mb = conn.execute(
