@@ -27,6 +27,15 @@ def normalize(op: str, path: str, *, allow_root: bool = False) -> str:
     Raises:
         FsPermission: the path is absolute, contains ``..`` or NUL, or is empty.
     """
+    if (  # already canonical (the usual case, on every read): no list to build
+        path
+        and path[0] not in "/."
+        and path[-1] not in "/."
+        and "//" not in path
+        and "/." not in path
+        and "\x00" not in path
+    ):
+        return path
     if "\x00" in path:
         raise FsPermission(op, path, errno.EACCES, "NUL byte in path")
     if path.startswith("/"):
