@@ -296,6 +296,7 @@ try:
 except (OSError, AttributeError):  # not glibc
     pass
 _trim_timer: asyncio.TimerHandle | None = None
+_trim_loop: asyncio.AbstractEventLoop | None = None
 
 
 def _give_memory_back_soon() -> None:
@@ -306,12 +307,14 @@ def _give_memory_back_soon() -> None:
     connections tend to close in bursts (users that logged in together): the trim runs
     once, in a pool thread, ``TRIM_DELAY`` after the last close of the burst was queued.
     """
-    global _trim_timer
+    global _trim_timer, _trim_loop
     if _malloc_trim is None:
         return
-    if _trim_timer is not None:
-        _trim_timer.cancel()
-    _trim_timer = asyncio.get_running_loop().call_later(TRIM_DELAY, _trim)
+    loop = asyncio.get_running_loop()
+    if _trim_timer is not None and _trim_loop is loop:
+        _trim_timer.cancel()  # (a timer of a loop closed meanwhile is just forgotten)
+    _trim_timer = loop.call_later(TRIM_DELAY, _trim)
+    _trim_loop = loop
 
 
 def _trim() -> None:
