@@ -8,6 +8,7 @@ directories additionally check symlinks when they resolve a path.
 from __future__ import annotations
 
 import errno
+import os
 import secrets
 
 from aiodbox.fs.errors import FsError, FsPermission
@@ -82,3 +83,23 @@ def temp_owner_pid(name: str) -> int | None:
         return None
     pid, _, _ = name[len(TEMP_PREFIX) :].partition(".")
     return int(pid) if pid.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists (a temp file's or a pending save's owner)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temp(name: str, age: float, older_than: float) -> bool:
+    """True if ``name`` is a temp file that ``clean_temp`` may remove: ``age`` seconds
+    old and either older than ``older_than`` or left by a process that is gone."""
+    pid = temp_owner_pid(name)
+    return pid is not None and (age >= older_than or not pid_alive(pid))

@@ -36,7 +36,6 @@ import ctypes
 import functools
 import itertools
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -327,16 +326,3 @@ def _trim() -> None:
 def _log_close_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("closing idle index connections failed: %s", future.exception())
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with ``pid`` exists (used to judge pending saves)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

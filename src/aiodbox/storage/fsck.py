@@ -36,7 +36,7 @@ from aiodbox.dbox.codec import Record
 from aiodbox.dbox.file import DboxCorruptedError, open_sdbox_message, scan, verify_body
 from aiodbox.dbox.fix import V3Scan
 from aiodbox.fs import FsNotFound
-from aiodbox.index.db import pid_alive
+from aiodbox.fs.paths import pid_alive
 from aiodbox.storage.errors import MailboxExists
 from aiodbox.storage.purge import rewrite_file
 

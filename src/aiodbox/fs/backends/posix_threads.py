@@ -460,14 +460,13 @@ class ThreadEngine(Engine):
             with os.scandir(dfd) as it:
                 entries = list(it)
             for entry in entries:
-                pid = paths.temp_owner_pid(entry.name)
-                if pid is None:
+                if paths.temp_owner_pid(entry.name) is None:
                     continue
                 try:
                     age = now - entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
                     continue
-                if age < older_than and _pid_alive(pid):
+                if not paths.stale_temp(entry.name, age, older_than):
                     continue
                 try:
                     os.unlink(entry.name, dir_fd=dfd)
@@ -492,18 +491,6 @@ class ThreadEngine(Engine):
         if not self.pool.closed:
             await self.pool.submit(self.beneath.close)
         self.pool.shutdown()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def posix_fs(

@@ -211,18 +211,6 @@ def _scan_temp(dfd: int) -> list[str]:
         return [e.name for e in it if e.name.startswith(paths.TEMP_PREFIX)]
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _relay(
     src: asyncio.Future[Any],
     dst: asyncio.Future[Any],
@@ -1480,15 +1468,14 @@ class UringFileEngine(Engine):
             names = await self._helper(_scan_temp, dfd)
             now = time.time()
             for name in names:
-                pid = paths.temp_owner_pid(name)
-                if pid is None:
+                if paths.temp_owner_pid(name) is None:
                     continue
                 raw = os.fsencode(name)
                 try:
                     st = await eng.statx(raw, dfd=dfd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if now - st.mtime < older_than and _pid_alive(pid):
+                if not paths.stale_temp(name, now - st.mtime, older_than):
                     continue
                 if stat_mod.S_ISDIR(st.mode):
                     continue
