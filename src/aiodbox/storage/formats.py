@@ -310,34 +310,24 @@ class SdboxFormat(MailFormat):
                 data = self.fs.read_small_file_now(path, limit)
             except BlockingIOError:
                 break
-            if data is None:
-                out.append(None)
-                continue
-            try:
-                out.append(sdbox_message_from_bytes(path, data, body_size=rec.size))
-            except DboxCorruptedError as e:
-                out.append(e)
+            out.append(_small_message(path, data, rec))
         return out
 
     async def open_small(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
     ) -> list[DboxMessage | Exception | None]:
         directory = self.user.mailbox_dir(mailbox.guid)
-        paths = [f"{directory}/{rec.file_name}" for rec in recs]
+        named = [rec for rec in recs if rec.file_name is not None]  # no file: nothing to read
+        paths = [f"{directory}/{rec.file_name}" for rec in named]
+        read = await self.fs.read_small_files(paths, limit)
+        found = {id(rec): (path, data) for rec, path, data in zip(named, paths, read, strict=True)}
         out: list[DboxMessage | Exception | None] = []
-        for rec, path, data in zip(
-            recs, paths, await self.fs.read_small_files(paths, limit), strict=True
-        ):
-            if rec.file_name is None or data is None:
+        for rec in recs:
+            if id(rec) not in found:
                 out.append(None)
                 continue
-            if isinstance(data, Exception):
-                out.append(data)
-                continue
-            try:
-                out.append(sdbox_message_from_bytes(path, data, body_size=rec.size))
-            except DboxCorruptedError as e:
-                out.append(e)
+            path, data = found[id(rec)]
+            out.append(data if isinstance(data, Exception) else _small_message(path, data, rec))
         return out
 
     async def open_message(
@@ -732,3 +722,15 @@ def make_format(name: str, user: User) -> MailFormat:
     if name == "mdbox":
         return MdboxFormat(user)
     raise ValueError(f"unknown mail format {name!r}")
+
+
+def _small_message(
+    path: str, data: bytes | None, rec: MailRecord
+) -> DboxMessage | DboxCorruptedError | None:
+    """The message of an sdbox file read whole (None: it was larger than the limit)."""
+    if data is None:
+        return None
+    try:
+        return sdbox_message_from_bytes(path, data, body_size=rec.size)
+    except DboxCorruptedError as e:
+        return e
