@@ -39,6 +39,7 @@ from typing import Final, TypeVar
 from aiodbox.dbox.codec import (
     FileHeader,
     Metadata,
+    Record,
     parse_file_header,
     read_record,
     read_sdbox_tail,
@@ -556,6 +557,29 @@ class DboxMessage:
         await self.aclose()
 
 
+def _v3_message(
+    handle: FileHandle,
+    record: Record,
+    *,
+    owns_handle: bool,
+    preload: tuple[int, bytes] | None = None,
+) -> DboxMessage:
+    """The message of a located v3 record (``preload``: bytes of the file already read)."""
+    msg = DboxMessage(
+        handle,
+        owns_handle=owns_handle,
+        format="v3",
+        offset=record.offset,
+        body_offset=record.body_offset,
+        end=record.end,
+        stored_size=record.body_size,
+        imap_size=record.body_size,
+        metadata=record.metadata,
+    )
+    msg.preload = preload
+    return msg
+
+
 def _corrupted(path: str, offset: int, result: Corrupted) -> DboxCorruptedError:
     return DboxCorruptedError(path, offset, result.reason)
 
@@ -774,19 +798,7 @@ def mdbox_message_from_span(
         return None  # a short read (or the end of the file): the awaitable path decides
     if isinstance(record, Corrupted):
         raise _corrupted(handle.path, offset, record)
-    msg = DboxMessage(
-        handle,
-        owns_handle=False,
-        format="v3",
-        offset=offset,
-        body_offset=record.body_offset,
-        end=record.end,
-        stored_size=body_size,
-        imap_size=body_size,
-        metadata=record.metadata,
-    )
-    msg.preload = (offset, window)
-    return msg
+    return _v3_message(handle, record, owns_handle=False, preload=(offset, window))
 
 
 async def _mdbox_whole_record(
@@ -806,19 +818,7 @@ async def _mdbox_whole_record(
         if len(data) < len(RECORD_START):
             record = Corrupted("truncated: the file ends before the record")
         raise _corrupted(handle.path, offset, record)
-    msg = DboxMessage(
-        handle,
-        owns_handle=False,
-        format="v3",
-        offset=offset,
-        body_offset=record.body_offset,
-        end=record.end,
-        stored_size=body_size,
-        imap_size=body_size,
-        metadata=record.metadata,
-    )
-    msg.preload = (offset, data)
-    return msg
+    return _v3_message(handle, record, owns_handle=False, preload=(offset, data))
 
 
 async def _sdbox_v3(
@@ -842,17 +842,7 @@ async def _sdbox_v3(
     start = head[record.offset : record.offset + len(RECORD_START)]
     if start != RECORD_START:
         raise DboxCorruptedError(path, record.offset, "record does not start with 01 02 LF")
-    return DboxMessage(
-        handle,
-        owns_handle=True,
-        format="v3",
-        offset=record.offset,
-        body_offset=record.body_offset,
-        end=record.end,
-        stored_size=record.body_size,
-        imap_size=record.body_size,
-        metadata=record.metadata,
-    )
+    return _v3_message(handle, record, owns_handle=True)
 
 
 SDBOX_HEAD_READ = DEFAULT_READAHEAD
@@ -979,19 +969,7 @@ def sdbox_message_from_bytes(
         raise _corrupted(path, header.length, record)
     if data[record.offset : record.offset + len(RECORD_START)] != RECORD_START:
         raise DboxCorruptedError(path, record.offset, "record does not start with 01 02 LF")
-    msg = DboxMessage(
-        _BytesHandle(path, data),
-        owns_handle=False,  # (nothing to release)
-        format="v3",
-        offset=record.offset,
-        body_offset=record.body_offset,
-        end=record.end,
-        stored_size=record.body_size,
-        imap_size=record.body_size,
-        metadata=record.metadata,
-    )
-    msg.preload = (0, data)
-    return msg
+    return _v3_message(_BytesHandle(path, data), record, owns_handle=False, preload=(0, data))
 
 
 # ------------------------------------------------------------------------------- checks
