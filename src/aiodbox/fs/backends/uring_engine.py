@@ -873,6 +873,20 @@ class UringEngine:
         op = _Op(fut, count)
         op.finish = finish
         op.on_orphan = on_orphan
+        try:
+            self._prepare(op, count, prep)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _prepare(self, op: _Op, count: int, prep: Callable[[_Op], object]) -> None:
+        """Let ``prep`` queue the ``count`` SQEs of ``op`` (slots already taken) and have
+        them submitted at the end of this loop iteration.
+
+        Raises:
+            BaseException: what ``prep`` raised; the slots are given back, and a chain
+                left half-queued breaks the engine (it would link to unrelated SQEs).
+        """
         ring = self._ring
         before = ring.in_flight
         try:
@@ -880,11 +894,9 @@ class UringEngine:
         except BaseException as exc:
             queued = ring.in_flight - before
             self._release(count - queued)
-            if queued:  # a half-queued chain would link to unrelated SQEs
+            if queued:
                 self._break(exc)
-            if not fut.done():
-                fut.set_exception(exc)
-            return
+            raise
         self.stats.sqes += count
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
@@ -1095,19 +1107,7 @@ class UringEngine:
             await self._acquire(count)
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         op = _Op(fut, count)
-        ring = self._ring
-        before = ring.in_flight
-        try:
-            prep(op)
-        except BaseException as exc:
-            queued = ring.in_flight - before
-            self._release(count - queued)
-            if queued:  # a half-queued chain would link to unrelated SQEs
-                self._break(exc)
-            raise
-        self.stats.sqes += count
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        self._prepare(op, count, prep)
         try:
             return await fut
         except asyncio.CancelledError:
