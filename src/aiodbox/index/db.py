@@ -131,23 +131,24 @@ class _Serial:
         A job whose future was cancelled before it started is not run.
         ``outside_transaction``: no transaction around this job of a writer.
         """
-        pool = sqlite_pool()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue((fn, future, self.transactions and not outside_transaction))
+        return future
+
+    def _queue(self, job: _Job) -> None:
+        pool = sqlite_pool()
         with self._lock:
-            self._jobs.append((fn, future, self.transactions and not outside_transaction))
+            self._jobs.append(job)
             start = not self._running
             self._running = True
         if start:
             pool.submit(self._drain, pool)
-        return future
 
     def close_when_idle(self) -> asyncio.Future[None]:
         """Queue closing the connection (a later job opens it again)."""
-        return self.run(self._close, outside_transaction=True)
-
-    def _close(self, conn: sqlite3.Connection) -> None:
-        conn.close()
-        self.conn = None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue((None, future, False))
+        return future
 
     def _drain(self, pool: WorkerPool) -> None:
         """Run queued jobs until none is left (in a pool thread)."""
@@ -160,11 +161,14 @@ class _Serial:
             if future.cancelled():
                 continue
             try:
+                if fn is None:  # close (if open)
+                    conn, self.conn = self.conn, None
+                    if conn is not None:
+                        conn.close()
+                    pool.complete(future, None, None)
+                    continue
                 conn = self.conn
                 if conn is None:
-                    if fn == self._close:  # closed already
-                        pool.complete(future, None, None)
-                        continue
                     conn = self.conn = self.opener()
                 if transaction:
                     conn.execute("BEGIN IMMEDIATE")
@@ -183,7 +187,8 @@ class _Serial:
                 pool.complete(future, result, None)
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
+_Job = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any]", bool]
+"""(what to run, or None to close the connection; its future; inside a transaction)"""
 
 
 class IndexDB:
