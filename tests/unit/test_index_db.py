@@ -173,6 +173,21 @@ async def test_idle_connections_close_and_reopen_on_the_next_job(tmp_path: Path)
     assert _open_fds_to(tmp_path) == 0
 
 
+async def test_the_writer_is_opened_by_the_first_write_not_by_open(tmp_path: Path) -> None:
+    # A session that only reads (log in, SELECT, idle) never pays for a writer.
+    path = tmp_path / "index.sqlite"
+    db = await IndexDB.open(path)
+    reader_only = _open_fds_to(tmp_path)
+    assert reader_only > 0
+    assert await db.read(lambda c: c.execute("SELECT count(*) FROM sqlite_master").fetchone())
+    assert _open_fds_to(tmp_path) == reader_only
+    await db.write(_make_table)
+    assert _open_fds_to(tmp_path) > reader_only  # the writer's own descriptor now
+    assert await db.read(_keys) == []
+    await db.close()
+    assert _open_fds_to(tmp_path) == 0
+
+
 async def test_a_busy_database_is_not_closed(tmp_path: Path) -> None:
     db = await IndexDB.open(tmp_path / "index.sqlite")
     db.idle_close_after = 0.1

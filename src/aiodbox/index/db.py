@@ -23,7 +23,9 @@ page cache, the mapped ``-shm``), and a server holds one user per idle IMAP conn
 A user's sessions need SQLite only when something changed (the index directory is
 watched, see :mod:`.changes`), so after ``idle_close_after`` seconds without a job both
 connections are closed (a job queued behind the close), and the next job opens them
-again in its worker thread.  Values of ``PRAGMA data_version`` are comparable only
+again in its worker thread.  The writer is closed right after the schema migration
+when the database is opened: a session that only reads (log in, SELECT, idle) never
+holds one.  Values of ``PRAGMA data_version`` are comparable only
 within one connection, so :func:`read_data_version` tags them with the connection
 they came from: a reopened connection never matches a remembered value.
 """
@@ -194,7 +196,9 @@ _Job = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any]", 
 class IndexDB:
     """One user's index database; see the module docstring."""
 
-    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, writer: sqlite3.Connection | None, reader: sqlite3.Connection
+    ) -> None:
         self.path = path
         opener = functools.partial(_connect, str(path))
         self._writer = _Serial(opener, writer, transactions=True)
@@ -222,19 +226,19 @@ class IndexDB:
     async def open(cls, path: Path) -> IndexDB:
         """Open (creating and migrating as needed) the database at ``path``."""
 
-        def opening() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        def opening() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             writer = _connect(str(path))
             try:
                 migrate(writer)
-                reader = _connect(str(path))
-            except BaseException:
+            finally:
+                # Many sessions only read (a logged-in client idling in its INBOX): the
+                # writer (about 70 KiB) is opened again by the first write.
                 writer.close()
-                raise
-            return writer, reader
+            return _connect(str(path))
 
-        writer, reader = await sqlite_pool().submit(opening)
-        return cls(path, writer, reader)
+        reader = await sqlite_pool().submit(opening)
+        return cls(path, None, reader)
 
     def _used(self) -> None:
         """A job is being queued: (re)arm the idle close."""
