@@ -749,6 +749,37 @@ def read_record(
     return _new_record(offset, offset + 3, body_size, offset + end, metadata)
 
 
+def sdbox_body_span(data: bytes, body_size: int) -> tuple[int, int] | None:
+    """Where the body of a whole sdbox file ``data`` is, if the file has the usual shape:
+    a valid v3 header, one record whose ``Z`` is ``body_size`` (the index's size) right
+    after it, its trailer and canonical meta-lines with a matching ``K``, and the end
+    marker as the file's last bytes.  Nothing is decoded (see :func:`read_sdbox_tail`
+    for the record with its metadata).
+
+    Returns:
+        ``(body_start, body_end)``; None if the file is anything else (damaged, v2, a
+        size the index does not agree with): :func:`read_sdbox_tail` then says what.
+    """
+    head = _FILE_HEADER.match(data)
+    if head is None:
+        return None
+    start = head.end() + len(RECORD_START)
+    end = start + body_size
+    if body_size < 0 or data[head.end() : start] != RECORD_START:
+        return None
+    m = _CANONICAL_TRAILER.match(data, end)
+    if (
+        m is None
+        or m.end() != len(data)
+        or m.group(1) != head.group(1)
+        or m.end(2) - m.start(2) > MAX_METADATA - 18
+        or int(m.group(3), 16) != body_size
+        or _meta_check(m.group(2)).encode("ascii") != m.group(10)
+    ):
+        return None
+    return start, end
+
+
 def read_sdbox_tail(
     tail: bytes,
     file_size: int,

@@ -44,6 +44,7 @@ from aiodbox.dbox.codec import (
     read_record,
     read_sdbox_tail,
     read_trailer,
+    sdbox_body_span,
 )
 from aiodbox.dbox.fix import V2Scan, V3Scan, scan_file
 from aiodbox.dbox.format import (
@@ -456,9 +457,12 @@ class DboxMessage:
         end: int,
         stored_size: int,
         imap_size: int,
-        metadata: Metadata | V2Metadata,
+        metadata: Metadata | V2Metadata | Callable[[], Metadata],
     ) -> None:
-        """Built by :func:`open_sdbox_message` and :func:`open_mdbox_message`."""
+        """Built by :func:`open_sdbox_message` and :func:`open_mdbox_message`.
+
+        ``metadata`` may be a function that decodes it: called on first use (the FETCH
+        of a body never needs it)."""
         self.handle = handle
         self.path = handle.path
         self.format = format
@@ -467,12 +471,28 @@ class DboxMessage:
         self.end = end
         self.stored_size = stored_size
         self.imap_size = imap_size
-        self.metadata = metadata
-        self.guid: str | None = metadata.guid
-        self.received: int | None = metadata.received
+        self._metadata = metadata
         self._owns_handle = owns_handle
         self.preload: tuple[int, bytes] | None = None
         """Bytes of the file already read (file offset, data): streams start from them."""
+
+    @property
+    def metadata(self) -> Metadata | V2Metadata:
+        """The record's metadata (decoded on first use when it was deferred)."""
+        metadata = self._metadata
+        if callable(metadata):
+            metadata = self._metadata = metadata()
+        return metadata
+
+    @property
+    def guid(self) -> str | None:
+        """Message GUID; None only for a v2 record without ``G``."""
+        return self.metadata.guid
+
+    @property
+    def received(self) -> int | None:
+        """Received time (UNIX seconds), or None if not recorded."""
+        return self.metadata.received
 
     def __repr__(self) -> str:
         return (
@@ -955,6 +975,22 @@ def sdbox_message_from_bytes(
         DboxCorruptedError: the file is not a valid sdbox file (the codec's reason).
     """
     size = len(data)
+    span = None if body_size is None else sdbox_body_span(data, body_size)
+    if span is not None:  # the usual file: located without decoding anything
+        start, end = span
+        msg = DboxMessage(
+            _BytesHandle(path, data),
+            owns_handle=False,
+            format="v3",
+            offset=start - len(RECORD_START),
+            body_offset=start,
+            end=size,
+            stored_size=end - start,
+            imap_size=end - start,
+            metadata=lambda: _sdbox_metadata(path, data),
+        )
+        msg.preload = (0, data)
+        return msg
     header = _parse_any_header(data, True)
     if isinstance(header, V2FileHeader):
         return None
@@ -970,6 +1006,19 @@ def sdbox_message_from_bytes(
     if data[record.offset : record.offset + len(RECORD_START)] != RECORD_START:
         raise DboxCorruptedError(path, record.offset, "record does not start with 01 02 LF")
     return _v3_message(_BytesHandle(path, data), record, owns_handle=False, preload=(0, data))
+
+
+def _sdbox_metadata(path: str, data: bytes) -> Metadata:
+    """The metadata of a v3 sdbox file read whole, for a message opened without it."""
+    header = parse_file_header(data, eof=True)
+    record = (
+        read_sdbox_tail(data, len(data), header=header)
+        if isinstance(header, FileHeader)
+        else header
+    )
+    if not isinstance(record, Record):  # sdbox_body_span saw a valid file: cannot happen
+        raise DboxCorruptedError(path, 0, "the record cannot be located")
+    return record.metadata
 
 
 # ------------------------------------------------------------------------------- checks

@@ -34,6 +34,7 @@ from aiodbox.dbox import (
     read_trailer,
     scan_v3,
 )
+from aiodbox.dbox.file_read import sdbox_message_from_bytes
 from aiodbox.dbox.format import (
     END_LEN,
     MAX_METADATA,
@@ -616,3 +617,18 @@ def test_fast_readers_agree_with_the_general_ones(
     finally:
         codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER = saved
     assert fast == general
+
+    # The body span (FETCH of whole small sdbox files) is found only where the general
+    # reader finds the same record; the message it gives decodes the same metadata.
+    span = codec.sdbox_body_span(data, len(body))
+    tail = general[3]
+    if span is None:
+        return
+    assert isinstance(tail, Record)
+    assert (tail.body_offset, tail.body_offset + tail.body_size) == span
+    msg = sdbox_message_from_bytes("u.1", data, body_size=len(body))
+    assert msg is not None
+    assert (msg.offset, msg.body_offset, msg.end) == (tail.offset, tail.body_offset, tail.end)
+    assert msg.preloaded_body() == body
+    assert msg.metadata == tail.metadata
+    assert (msg.guid, msg.received) == (tail.metadata.guid, tail.metadata.received)
