@@ -749,35 +749,56 @@ def read_record(
     return _new_record(offset, offset + 3, body_size, offset + end, metadata)
 
 
+def record_span(data: bytes, pos: int, sep: bytes, body_size: int) -> int | None:
+    """Where the v3 record at ``data[pos]`` ends, if it has the usual shape: ``01 02 LF``,
+    a ``body_size`` body, the trailer with ``sep``, canonical meta-lines whose ``Z`` is
+    ``body_size`` and whose ``K`` matches, and the end marker.  Nothing is decoded (see
+    :func:`record_metadata`); the body is ``data[pos + 3 : pos + 3 + body_size]``.
+
+    Returns:
+        The index in ``data`` just past the end marker; None if the record is anything
+        else (damaged, unusual, cut short): :func:`read_record` then says what.
+    """
+    if body_size < 0 or data[pos : pos + len(RECORD_START)] != RECORD_START:
+        return None
+    m = _CANONICAL_TRAILER.match(data, pos + len(RECORD_START) + body_size)
+    if (
+        m is None
+        or m.group(1) != sep
+        or m.end(2) - m.start(2) > MAX_METADATA - 18
+        or int(m.group(3), 16) != body_size
+        or _meta_check(m.group(2)).encode("ascii") != m.group(10)
+    ):
+        return None
+    return m.end()
+
+
+def record_metadata(data: bytes, pos: int, sep: bytes, body_size: int) -> Metadata:
+    """The metadata of the record at ``data[pos]`` that :func:`record_span` accepted.
+
+    Raises:
+        ValueError: :func:`record_span` would not accept it.
+    """
+    found = _trailer_at(data, pos + len(RECORD_START) + body_size, sep, eof=True)
+    if not isinstance(found, tuple) or found[0].size != body_size:
+        raise ValueError("not a record of the usual shape")
+    return found[0]
+
+
 def sdbox_body_span(data: bytes, body_size: int) -> tuple[int, int] | None:
     """Where the body of a whole sdbox file ``data`` is, if the file has the usual shape:
-    a valid v3 header, one record whose ``Z`` is ``body_size`` (the index's size) right
-    after it, its trailer and canonical meta-lines with a matching ``K``, and the end
-    marker as the file's last bytes.  Nothing is decoded (see :func:`read_sdbox_tail`
-    for the record with its metadata).
+    a valid v3 header, then one record (see :func:`record_span`) whose ``Z`` is
+    ``body_size`` (the index's size), its end marker the file's last bytes.
 
     Returns:
         ``(body_start, body_end)``; None if the file is anything else (damaged, v2, a
         size the index does not agree with): :func:`read_sdbox_tail` then says what.
     """
     head = _FILE_HEADER.match(data)
-    if head is None:
+    if head is None or record_span(data, head.end(), head.group(1), body_size) != len(data):
         return None
     start = head.end() + len(RECORD_START)
-    end = start + body_size
-    if body_size < 0 or data[head.end() : start] != RECORD_START:
-        return None
-    m = _CANONICAL_TRAILER.match(data, end)
-    if (
-        m is None
-        or m.end() != len(data)
-        or m.group(1) != head.group(1)
-        or m.end(2) - m.start(2) > MAX_METADATA - 18
-        or int(m.group(3), 16) != body_size
-        or _meta_check(m.group(2)).encode("ascii") != m.group(10)
-    ):
-        return None
-    return start, end
+    return start, start + body_size
 
 
 def read_sdbox_tail(

@@ -44,6 +44,8 @@ from aiodbox.dbox.codec import (
     read_record,
     read_sdbox_tail,
     read_trailer,
+    record_metadata,
+    record_span,
     sdbox_body_span,
 )
 from aiodbox.dbox.fix import V2Scan, V3Scan, scan_file
@@ -811,6 +813,22 @@ def mdbox_message_from_span(
     rel = offset - data_offset
     if rel < 0 or rel >= len(data):
         return None
+    end = record_span(data, rel, header.sep, body_size)
+    if end is not None:  # the usual record: located without decoding anything
+        start = rel + len(RECORD_START)
+        msg = DboxMessage(
+            handle,
+            owns_handle=False,
+            format="v3",
+            offset=offset,
+            body_offset=offset + len(RECORD_START),
+            end=offset + end - rel,
+            stored_size=body_size,
+            imap_size=body_size,
+            metadata=lambda: record_metadata(data, rel, header.sep, body_size),
+        )
+        msg.preload = (offset + len(RECORD_START), data[start : start + body_size])
+        return msg
     stop = rel + mdbox_record_span(offset, body_size)
     window = data if rel == 0 and stop >= len(data) else data[rel:stop]
     record = read_record(window, header.sep, body_size, offset=offset)
@@ -978,6 +996,7 @@ def sdbox_message_from_bytes(
     span = None if body_size is None else sdbox_body_span(data, body_size)
     if span is not None:  # the usual file: located without decoding anything
         start, end = span
+        stored = end - start
         msg = DboxMessage(
             _BytesHandle(path, data),
             owns_handle=False,
@@ -985,9 +1004,9 @@ def sdbox_message_from_bytes(
             offset=start - len(RECORD_START),
             body_offset=start,
             end=size,
-            stored_size=end - start,
-            imap_size=end - start,
-            metadata=lambda: _sdbox_metadata(path, data),
+            stored_size=stored,
+            imap_size=stored,
+            metadata=lambda: _sdbox_metadata(data, stored),
         )
         msg.preload = (0, data)
         return msg
@@ -1008,17 +1027,11 @@ def sdbox_message_from_bytes(
     return _v3_message(_BytesHandle(path, data), record, owns_handle=False, preload=(0, data))
 
 
-def _sdbox_metadata(path: str, data: bytes) -> Metadata:
-    """The metadata of a v3 sdbox file read whole, for a message opened without it."""
+def _sdbox_metadata(data: bytes, body_size: int) -> Metadata:
+    """The metadata of a v3 sdbox file that :func:`sdbox_body_span` accepted."""
     header = parse_file_header(data, eof=True)
-    record = (
-        read_sdbox_tail(data, len(data), header=header)
-        if isinstance(header, FileHeader)
-        else header
-    )
-    if not isinstance(record, Record):  # sdbox_body_span saw a valid file: cannot happen
-        raise DboxCorruptedError(path, 0, "the record cannot be located")
-    return record.metadata
+    assert isinstance(header, FileHeader)  # (sdbox_body_span matched it)
+    return record_metadata(data, header.length, header.sep, body_size)
 
 
 # ------------------------------------------------------------------------------- checks

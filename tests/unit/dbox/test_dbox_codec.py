@@ -34,7 +34,12 @@ from aiodbox.dbox import (
     read_trailer,
     scan_v3,
 )
-from aiodbox.dbox.file_read import sdbox_message_from_bytes
+from aiodbox.dbox.file_read import (
+    DboxCorruptedError,
+    _BytesHandle,
+    mdbox_message_from_span,
+    sdbox_message_from_bytes,
+)
 from aiodbox.dbox.format import (
     END_LEN,
     MAX_METADATA,
@@ -618,8 +623,30 @@ def test_fast_readers_agree_with_the_general_ones(
         codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER = saved
     assert fast == general
 
-    # The body span (FETCH of whole small sdbox files) is found only where the general
-    # reader finds the same record; the message it gives decodes the same metadata.
+    # The spans FETCH locates small bodies by (an mdbox record, a whole sdbox file) are
+    # found only where the general readers find the same record, and the messages built
+    # from them decode the same metadata when asked.
+    known = FileHeader(sep=SEP, ctime=CTIME, length=len(header))
+    rec = general[1]
+    end = codec.record_span(data, len(header), SEP, len(body))
+    if end is not None:
+        assert isinstance(rec, Record)
+        assert end == rec.end
+        assert codec.record_metadata(data, len(header), SEP, len(body)) == rec.metadata
+        handle = _BytesHandle("m.1", data)
+        mdbox_msg = mdbox_message_from_span(handle, known, len(header), len(body), data, 0)
+        assert mdbox_msg is not None
+        assert (mdbox_msg.body_offset, mdbox_msg.end) == (rec.body_offset, rec.end)
+        assert mdbox_msg.preloaded_body() == body
+        assert mdbox_msg.metadata == rec.metadata
+    elif isinstance(rec, Corrupted):  # never a message: an error, or None (read it whole)
+        try:
+            got = mdbox_message_from_span(
+                _BytesHandle("m.1", data), known, len(header), len(body), data, 0
+            )
+        except DboxCorruptedError:
+            got = None
+        assert got is None
     span = codec.sdbox_body_span(data, len(body))
     tail = general[3]
     if span is None:
