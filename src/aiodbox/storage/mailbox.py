@@ -15,7 +15,9 @@ DESIGN.md §6:
 2. reserve UIDs in a short index transaction that also records a ``pending`` row;
 3. commit the message data under its final name (fsync per policy);
 4. one index transaction inserts the rows, applies flag changes and copies, bumps the
-   modseq and deletes the ``pending`` row.
+   modseq and deletes the ``pending`` row.  It waits until every lower UID reserved in
+   the same mailbox (by this process or another live one) is visible or given up, so
+   messages appear in UID order (see :mod:`.uid_order`).
 
 A crash after 2 or 3 leaves message files that no row points at; ``pending`` says which,
 and the next sync (or fsck) adopts them.  A crash never leaves a row pointing at missing
@@ -30,11 +32,12 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from aiodbox.fs import FsNotFound
+from aiodbox.fs.paths import pid_alive
 from aiodbox.index.db import read_data_version
 from aiodbox.index.schema import FLAG_BITS
 from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
@@ -354,6 +357,35 @@ class Transaction:
         first, dest_first, pending_ids = (
             await user.db.write(reserve) if need_reserve else (0, 0, [])
         )
+        turns: list[tuple[int, int]] = []  # (mailbox id, first UID) reserved above
+        if n_saves:
+            turns.append((mbox.info.id, first))
+        if copy_records and dest is not None:
+            turns.append((dest.info.id, dest_first))
+        for turn in turns:
+            user.uid_order.begin(*turn)
+        try:
+            return await self._commit_reserved(
+                mbox, user, fmt, dest, copy_records, first, dest_first, pending_ids, turns
+            )
+        finally:
+            for turn in turns:
+                user.uid_order.end(*turn)
+
+    async def _commit_reserved(
+        self,
+        mbox: Mailbox,
+        user: User,
+        fmt: Any,
+        dest: Mailbox | None,
+        copy_records: list[MailRecord],
+        first: int,
+        dest_first: int,
+        pending_ids: list[int],
+        turns: list[tuple[int, int]],
+    ) -> CommitResult:
+        n_saves = len(self._saves)
+        explicit = [s.uid for s in self._saves if s.uid is not None]
 
         # 3. message data under final names, durable
         saved_uids = explicit or list(range(first, first + n_saves))
@@ -368,7 +400,9 @@ class Transaction:
         flag_changes = self._flags
         save_date = int(time.time())
 
-        def apply(conn: sqlite3.Connection) -> tuple[int, list[int]]:
+        def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
+            if wait_for_others and _lower_reservations_elsewhere(conn, turns):
+                raise _LowerUidsPending
             modseq = 0
             modified: list[int] = []
             if saves or flag_changes:
@@ -427,7 +461,9 @@ class Transaction:
             return modseq, modified
 
         try:
-            modseq, modified = await user.db.write(apply)
+            for turn in turns:  # this process's lower UIDs first
+                await user.uid_order.wait_turn(*turn)
+            modseq, modified = await _write_in_turn(user, apply)
         except BaseException:
             await fmt.discard_committed(mbox.info, locations)
             raise
@@ -443,6 +479,53 @@ class Transaction:
             modified,
             modseq,
         )
+
+
+OTHER_PROCESS_WAIT_LIMIT = 5.0
+"""Seconds a commit waits for another process's lower UIDs before it goes ahead anyway
+(that process is stuck: better a message out of order than none)."""
+PENDING_STALE_AFTER = 60.0
+"""A ``pending`` reservation older than this is a leftover, not a save in progress."""
+
+
+class _LowerUidsPending(Exception):
+    """A live process holds lower UIDs of the mailbox: try the index step again soon."""
+
+
+def _lower_reservations_elsewhere(conn: sqlite3.Connection, turns: list[tuple[int, int]]) -> bool:
+    """Whether another live process reserved UIDs below ``turns`` and is still saving."""
+    own = os.getpid()
+    since = time.time() - PENDING_STALE_AFTER
+    for mailbox_id, first_uid in turns:
+        for (pid,) in conn.execute(
+            "SELECT DISTINCT pid FROM pending"
+            " WHERE mailbox_id = ? AND uid < ? AND pid != ? AND started > ?",
+            (mailbox_id, first_uid, own, since),
+        ):
+            if pid_alive(pid):
+                return True
+    return False
+
+
+async def _write_in_turn(
+    user: User, apply: Callable[[sqlite3.Connection, bool], tuple[int, list[int]]]
+) -> tuple[int, list[int]]:
+    """Run ``apply`` as an index write once no other process holds lower UIDs (retried
+    with a growing pause, at most :data:`OTHER_PROCESS_WAIT_LIMIT` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OTHER_PROCESS_WAIT_LIMIT
+    pause = 0.002
+    while True:
+        wait = loop.time() < deadline
+
+        def attempt(conn: sqlite3.Connection, wait: bool = wait) -> tuple[int, list[int]]:
+            return apply(conn, wait)
+
+        try:
+            return await user.db.write(attempt)
+        except _LowerUidsPending:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from aiodbox.storage.errors import (
 )
 from aiodbox.storage.formats import MailFormat, make_format
 from aiodbox.storage.mailbox import Mailbox
+from aiodbox.storage.uid_order import UidOrder
 
 if TYPE_CHECKING:
     import sqlite3
@@ -163,6 +164,8 @@ class User:
         self.db = db
         self.fs = storage.fs
         self.format = storage.format(self)
+        self.uid_order = UidOrder()
+        """This process's transactions between reserving UIDs and making them visible."""
         self._mailboxes: dict[int, Mailbox] = {}
         self._mailbox_lock = asyncio.Lock()
 

@@ -1,0 +1,62 @@
+"""Saved messages become visible in UID order.
+
+RFC 3501 §2.3.1.1: UIDs are assigned in strictly ascending order as messages are added,
+so a session that was told about UID n must never see a lower UID appear later (its
+message numbers would shift under the client).  A transaction reserves its UIDs before
+it writes the message data (the data of an sdbox save is named after its UID), and
+concurrent transactions finish their data in any order; so the index transaction that
+makes a save visible waits until every lower UID reserved in the same mailbox was made
+visible or given up:
+
+* in this process, :class:`UidOrder` keeps the first UID of each transaction between
+  its reservation and its end, per mailbox, and lets a transaction's index step start
+  only when none below it is left (an asyncio wait, never a blocked loop);
+* for other processes (``serve --workers``), the index step itself looks for their
+  ``pending`` reservations below its UIDs (see ``Transaction.commit``) and retries a
+  little later while one of a live process is there.
+
+A transaction that fails after reserving ends its turn too, so nothing waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+
+
+class UidOrder:
+    """The reservations of this process's transactions that are not visible yet."""
+
+    def __init__(self) -> None:
+        self._first_uids: dict[int, list[int]] = {}  # mailbox id -> sorted first UIDs
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def begin(self, mailbox_id: int, first_uid: int) -> None:
+        """A transaction reserved UIDs from ``first_uid`` on (call :meth:`end` later)."""
+        bisect.insort(self._first_uids.setdefault(mailbox_id, []), first_uid)
+
+    def end(self, mailbox_id: int, first_uid: int) -> None:
+        """That transaction's UIDs are visible, or it gave them up."""
+        firsts = self._first_uids.get(mailbox_id)
+        if firsts is None or first_uid not in firsts:
+            return
+        firsts.remove(first_uid)
+        if not firsts:
+            del self._first_uids[mailbox_id]
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def earlier_pending(self, mailbox_id: int, first_uid: int) -> bool:
+        """Whether a transaction of this process holds UIDs below ``first_uid``."""
+        firsts = self._first_uids.get(mailbox_id)  # (never an empty list)
+        return firsts is not None and firsts[0] < first_uid
+
+    async def wait_turn(self, mailbox_id: int, first_uid: int) -> None:
+        """Return once no transaction of this process holds UIDs below ``first_uid``."""
+        loop = asyncio.get_running_loop()
+        while self.earlier_pending(mailbox_id, first_uid):
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
