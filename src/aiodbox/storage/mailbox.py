@@ -461,8 +461,11 @@ class Transaction:
             return modseq, modified
 
         try:
-            for turn in turns:  # this process's lower UIDs first
-                await user.uid_order.wait_turn(*turn)
+            lowest: dict[int, int] = {}  # per mailbox (a copy to itself reserves twice)
+            for mailbox_id, first_uid in turns:
+                lowest[mailbox_id] = min(first_uid, lowest.get(mailbox_id, first_uid))
+            for mailbox_id, first_uid in lowest.items():  # this process's lower UIDs first
+                await user.uid_order.wait_turn(mailbox_id, first_uid)
             modseq, modified = await _write_in_turn(user, apply)
         except BaseException:
             await fmt.discard_committed(mbox.info, locations)

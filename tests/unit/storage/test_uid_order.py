@@ -147,3 +147,24 @@ async def test_a_lower_reservation_of_another_live_process_is_waited_for(
     assert (await asyncio.wait_for(tx.commit(), 2)).saved_uids == [4]
     await box.close()
     await user.close()
+
+
+async def test_a_transaction_saving_and_copying_into_one_mailbox_does_not_wait_for_itself(
+    tmp_path: Path,
+) -> None:
+    storage, _ = make_storage(tmp_path, "sdbox", "posix")
+    user = await storage.user("u")
+    box = await user.open_mailbox("INBOX")
+    tx = box.transaction()
+    await tx.save(simple_message(1))
+    assert (await tx.commit()).saved_uids == [1]
+    tx = box.transaction()
+    await tx.save(simple_message(2))
+    await tx.copy([1], box)
+    result = await asyncio.wait_for(tx.commit(), 5)
+    assert result.saved_uids == [2]
+    assert result.copied == [(1, 3)]
+    await box.sync()
+    assert list(box.view.uids) == [1, 2, 3]
+    await box.close()
+    await user.close()
