@@ -23,9 +23,9 @@ page cache, the mapped ``-shm``), and a server holds one user per idle IMAP conn
 A user's sessions need SQLite only when something changed (the index directory is
 watched, see :mod:`.changes`), so after ``idle_close_after`` seconds without a job both
 connections are closed (a job queued behind the close), and the next job opens them
-again in its worker thread.  The writer is closed right after the schema migration
-when the database is opened: a session that only reads (log in, SELECT, idle) never
-holds one.  Values of ``PRAGMA data_version`` are comparable only
+again in its worker thread.  The writer is not opened with the database (the reader
+runs the schema migration) but by the first write: a session that only reads (log in,
+SELECT, idle) never holds one.  Values of ``PRAGMA data_version`` are comparable only
 within one connection, so :func:`read_data_version` tags them with the connection
 they came from: a reopened connection never matches a remembered value.
 """
@@ -228,14 +228,16 @@ class IndexDB:
 
         def opening() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            writer = _connect(str(path))
+            # The reader runs the migration: many sessions only read (a logged-in
+            # client idling in its INBOX), and the writer (about 70 KiB) is opened by
+            # the first write.
+            reader = _connect(str(path))
             try:
-                migrate(writer)
-            finally:
-                # Many sessions only read (a logged-in client idling in its INBOX): the
-                # writer (about 70 KiB) is opened again by the first write.
-                writer.close()
-            return _connect(str(path))
+                migrate(reader)
+            except BaseException:
+                reader.close()
+                raise
+            return reader
 
         reader = await sqlite_pool().submit(opening)
         return cls(path, None, reader)
