@@ -560,6 +560,11 @@ class DboxMessage:
         )
         return BodyStream(raw, path=self.path, start=first, size=size, skip=first, convert=True)
 
+    @property
+    def owns_handle(self) -> bool:
+        """Whether closing this message closes its handle (:meth:`aclose` may wait)."""
+        return self._owns_handle
+
     def close(self) -> None:
         """Close the handle if this message owns it, without waiting for the clean-up."""
         if self._owns_handle:

@@ -137,7 +137,7 @@ def _check_range(start: int, end: int | None) -> None:
         raise ValueError(f"invalid byte range ({start}, {end})")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FetchedMessage:
     """One message as :func:`fetch_many` delivers it.
 
@@ -192,6 +192,16 @@ class FetchedMessage:
         msg, self.message = self.message, None
         if msg is not None:
             await msg.aclose()
+
+    def close_now(self) -> bool:
+        """:meth:`aclose` without waiting, when nothing needs waiting for (the message
+        was read whole from memory, the usual small FETCH); False: call :meth:`aclose`."""
+        msg = self.message
+        if msg is not None and msg.owns_handle:
+            return False
+        self.streams.clear()
+        self.message = None
+        return True
 
 
 class _CacheWriter:

@@ -369,7 +369,8 @@ async def fetch(conn: ImapConnection, cmd: Fetch) -> Reply:
                     elif out.paused:
                         await out.drain()
                 finally:
-                    await fetched.aclose()
+                    if not fetched.close_now():
+                        await fetched.aclose()
         missing = len(uids) - delivered
     out.flush()
     if missing:
