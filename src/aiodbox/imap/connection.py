@@ -525,6 +525,7 @@ class ImapConnection(asyncio.Protocol):
         sel = self.selected
         if sel is not None:
             await self.server.watches.get(sel.mailbox).sync()
+            await sel.claim_recent()  # new messages are \Recent for the first to learn
 
     def send_updates(self, *, allow_expunge: bool = True) -> None:
         """Write the untagged updates the client is owed about its selected mailbox."""

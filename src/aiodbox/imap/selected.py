@@ -28,9 +28,13 @@ changed, then expunges, then ``FETCH (FLAGS ...)`` for changed messages (numbere
 the expunges), then ``EXISTS``.  While expunges wait, ``EXISTS`` waits too (the count
 it would announce presumes them).
 
-``\\Recent`` is reported as 0 everywhere (``* 0 RECENT``, no message carries it, the
-``RECENT``/``NEW`` search keys match nothing): Dovecot keeps it as cross-process session
-state in its index; this server does not, and says so consistently.
+``\\Recent`` (RFC 3501 §2.3.2) is kept as Dovecot keeps it: the index has each
+mailbox's ``first_recent_uid``, and messages from there on are recent and not yet
+claimed.  A read-write session claims them (one index transaction, atomic across
+processes, see :meth:`Mailbox.claim_recent`) when it selects the mailbox and when it
+learns of new messages before a command; the claimed UIDs are recent for that session
+only.  A read-only session claims nothing and sees every unclaimed message as recent.
+``* n RECENT`` goes out with ``EXISTS`` (SELECT, and new messages).
 """
 
 from __future__ import annotations
@@ -71,9 +75,12 @@ def system_flag_bit(name: str) -> int | None:
     return _BY_LOWER.get(name.lower())
 
 
-def flag_list_bytes(bits: int, keywords: Sequence[str]) -> bytes:
-    """``(\\Seen $Label1)`` for a message's flags."""
+def flag_list_bytes(bits: int, keywords: Sequence[str], recent: bool = False) -> bytes:
+    """``(\\Seen \\Recent $Label1)`` for a message's flags (``\\Recent`` after the
+    stored system flags, as Dovecot lists it)."""
     system = _SYSTEM_BYTES[bits & 31]
+    if recent:
+        system = system + b" \\Recent" if system else b"\\Recent"
     if not keywords:
         return b"(" + system + b")"
     kw = " ".join(keywords).encode("utf-8", "replace")
@@ -97,17 +104,20 @@ class SelectedMailbox:
         condstore: CONDSTORE is on for this mailbox (MODSEQ in flag updates).
         qresync: QRESYNC is on (VANISHED instead of EXPUNGE, UID in flag updates).
         saved: The SEARCHRES ``$`` result (UIDs), or None.
+        recent: The UIDs that are ``\\Recent`` for this session, as half-open ranges.
     """
 
     __slots__ = (
         "_keywords",
         "_own",
+        "_recent_announced",
         "condstore",
         "count",
         "flags_modseq",
         "mailbox",
         "qresync",
         "readonly",
+        "recent",
         "saved",
         "uids",
         "view",
@@ -128,10 +138,42 @@ class SelectedMailbox:
         self.saved: list[int] | None = None
         self._keywords = view.mailbox_keywords
         self._own: set[int] | None = None
+        self.recent: list[tuple[int, int]] = []
+        if readonly:  # sees what nobody claimed, claims nothing
+            self.recent.append((view.first_recent_uid, 1 << 32))
+        self._recent_announced = -1
 
     async def close(self) -> None:
         """Release the shared mailbox."""
         await self.mailbox.close()
+
+    # ---------------------------------------------------------------- \\Recent
+
+    async def claim_recent(self) -> None:
+        """Take the recent messages nobody claimed yet (read-write sessions; a write
+        only when the view knows of something to claim)."""
+        if self.readonly:
+            return
+        claimed = await self.mailbox.claim_recent()
+        if claimed is not None:
+            self.recent.append(claimed)
+
+    def is_recent(self, uid: int) -> bool:
+        """Whether ``uid`` is ``\\Recent`` in this session."""
+        return any(lo <= uid < hi for lo, hi in self.recent)
+
+    def recent_count(self) -> int:
+        """How many of the messages the client knows are ``\\Recent``."""
+        uids, count = self.uids, self.count
+        return sum(
+            bisect.bisect_left(uids, hi, 0, count) - bisect.bisect_left(uids, lo, 0, count)
+            for lo, hi in self.recent
+        )
+
+    def recent_response(self) -> bytes:
+        """``* n RECENT`` (remembered as announced)."""
+        self._recent_announced = self.recent_count()
+        return r.recent_response(self._recent_announced)
 
     # ------------------------------------------------------------- numbering
 
@@ -243,6 +285,8 @@ class SelectedMailbox:
         if self.uids is view.uids and len(view.uids) > self.count:
             self.count = len(view.uids)
             out.append(r.exists_response(self.count))
+            if self.recent_count() != self._recent_announced:
+                out.append(self.recent_response())
         return out
 
     def _expunges(self) -> list[bytes]:
@@ -288,7 +332,8 @@ class SelectedMailbox:
             i = view.index_of(uid)
             if i is None:
                 continue
-            items = [b"FLAGS " + flag_list_bytes(view.flags[i], view.keywords[i])]
+            flags = flag_list_bytes(view.flags[i], view.keywords[i], self.is_recent(uid))
+            items = [b"FLAGS " + flags]
             if self.qresync:
                 items.append(r.fetch_uid(uid))
             if self.condstore:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 FLAG_BITS: dict[str, int] = {
     "\\Seen": 1,
@@ -92,7 +92,15 @@ CREATE TABLE pending (
 );
 """
 
-MIGRATIONS: list[str] = [_V1]
+_V2 = """
+ALTER TABLE mailboxes ADD COLUMN first_recent_uid INTEGER NOT NULL DEFAULT 1;
+UPDATE mailboxes SET first_recent_uid = uidnext
+"""
+"""``\\Recent`` (RFC 3501): messages from ``first_recent_uid`` on are recent and not
+yet claimed by a session (as Dovecot's index header field of that name).  An index
+written before this knew no recent messages: nothing is recent after the upgrade."""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 """``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``."""
 
 

@@ -647,7 +647,9 @@ class Mailbox:
             conn.execute("BEGIN")
             try:
                 mb = conn.execute(
-                    "SELECT highestmodseq, uidnext, keywords FROM mailboxes WHERE id = ?", (mid,)
+                    "SELECT highestmodseq, uidnext, keywords, first_recent_uid FROM mailboxes"
+                    " WHERE id = ?",
+                    (mid,),
                 ).fetchone()
                 rows = conn.execute(
                     "SELECT uid, flags, keywords, modseq, size, internal_date FROM messages"
@@ -662,6 +664,7 @@ class Mailbox:
         if mb is None:
             raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
         self.view.install(columns, mb[0], mb[1], mb[2])
+        self.view.first_recent_uid = mb[3]
         self.view.data_version = version
         self.loaded = True
 
@@ -702,7 +705,8 @@ class Mailbox:
                 conn.execute("BEGIN")
                 try:
                     mb = conn.execute(
-                        "SELECT highestmodseq, uidnext, keywords FROM mailboxes WHERE id = ?",
+                        "SELECT highestmodseq, uidnext, keywords, first_recent_uid"
+                        " FROM mailboxes WHERE id = ?",
                         (mid,),
                     ).fetchone()
                     changed = conn.execute(
@@ -726,7 +730,43 @@ class Mailbox:
                 self.deleted = True
                 raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
             self.view.data_version = version
-            return self.view.apply(changed, gone, mb[0], mb[1], mb[2])
+            view = self.view
+            view.first_recent_uid = max(view.first_recent_uid, mb[3])
+            return view.apply(changed, gone, mb[0], mb[1], mb[2])
+
+    async def claim_recent(self) -> tuple[int, int] | None:
+        """Claim the recent messages no session has claimed yet (RFC 3501 ``\\Recent``:
+        the first session to be told about a message sees it as recent).
+
+        Atomic across processes: of sessions claiming at once, one gets the UIDs.
+        Nothing is written when the view knows of nothing to claim.
+
+        Returns:
+            The claimed UIDs as ``(first, end)`` (half-open), or None.
+        """
+        view = self.view
+        if view.first_recent_uid >= view.uidnext:
+            return None
+        mid = self.info.id
+
+        def claim(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            row = conn.execute(
+                "SELECT first_recent_uid, uidnext FROM mailboxes WHERE id = ?", (mid,)
+            ).fetchone()
+            if row is None:
+                raise MailboxNotFound(f"mailbox {self.info.name!r} was deleted")
+            first, end = row
+            if first >= end:
+                return None
+            conn.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (end, mid))
+            return first, end
+
+        claimed = await self.user.db.write(claim)
+        if claimed is not None:
+            view.first_recent_uid = max(view.first_recent_uid, claimed[1])
+        else:
+            view.first_recent_uid = max(view.first_recent_uid, view.uidnext)
+        return claimed
 
     def mark_deleted(self) -> None:
         """The mailbox was deleted: further use raises ``MailboxNotFound``."""

@@ -68,6 +68,8 @@ class MailboxStatus:
     highestmodseq: int
     size: int
     deleted: int
+    recent: int
+    """Messages no session has claimed as ``\\Recent`` yet."""
 
 
 _MAILBOX_COLUMNS = "id, name, guid, uidvalidity, uidnext, highestmodseq, special_use"
@@ -234,8 +236,8 @@ class User:
             validity = uidvalidity or _next_uidvalidity(conn)
             cur = conn.execute(
                 "INSERT INTO mailboxes (name, guid, uidvalidity, uidnext, highestmodseq,"
-                " special_use, created) VALUES (?, ?, ?, ?, 1, ?, ?)",
-                (norm, mbox_guid, validity, uidnext, special_use, now),
+                " special_use, created, first_recent_uid) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                (norm, mbox_guid, validity, uidnext, special_use, now, uidnext),
             )
             assert cur.lastrowid is not None
             return MailboxInfo(cur.lastrowid, norm, mbox_guid, validity, uidnext, 1, special_use)
@@ -370,7 +372,8 @@ class User:
         self, name: str, *, uidnext: int = 0, highestmodseq: int = 0
     ) -> MailboxInfo:
         """Raise a mailbox's UIDNEXT / HIGHESTMODSEQ to at least the given values (imports
-        keep Dovecot's so clients that cached them see no change); never lowers them."""
+        keep Dovecot's so clients that cached them see no change); never lowers them.
+        The messages imported so far are old: none of them is ``\\Recent``."""
         info = await self.get_mailbox_info(name)
 
         def tx(conn: sqlite3.Connection) -> None:
@@ -378,6 +381,11 @@ class User:
                 "UPDATE mailboxes SET uidnext = max(uidnext, ?),"
                 " highestmodseq = max(highestmodseq, ?) WHERE id = ?",
                 (uidnext, highestmodseq, info.id),
+            )
+            conn.execute(
+                "UPDATE mailboxes SET first_recent_uid = max(first_recent_uid, uidnext)"
+                " WHERE id = ?",
+                (info.id,),
             )
 
         await self.db.write(tx)
@@ -424,8 +432,8 @@ class User:
             if other:
                 raise StorageError(f"mailbox {other[0]!r} already has GUID {guid}")
             conn.execute(
-                "UPDATE mailboxes SET guid = ?, uidvalidity = ?, uidnext = 1, keywords = ''"
-                " WHERE id = ?",
+                "UPDATE mailboxes SET guid = ?, uidvalidity = ?, uidnext = 1, first_recent_uid = 1,"
+                " keywords = '' WHERE id = ?",
                 (guid, uidvalidity, info.id),
             )
             conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (info.id,))
@@ -474,7 +482,12 @@ class User:
                 (info.id,),
             ).fetchone()
             mb = conn.execute(
-                "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (info.id,)
+                "SELECT uidnext, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (info.id,),
+            ).fetchone()
+            (recent,) = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid >= ?",
+                (info.id, mb[2]),
             ).fetchone()
             return MailboxStatus(
                 messages=row[0],
@@ -484,6 +497,7 @@ class User:
                 highestmodseq=mb[1],
                 size=row[2],
                 deleted=row[3],
+                recent=recent,
             )
 
         return await self.db.read(q)

@@ -96,6 +96,8 @@ class MailboxView:
         self.keywords: list[tuple[str, ...]] = []
         self.highestmodseq = 0
         self.uidnext = 1
+        self.first_recent_uid = 1
+        """Messages from this UID on are recent and no session has claimed them yet."""
         self.mailbox_keywords: tuple[str, ...] = ()
         self.flag_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=FLAG_LOG_SIZE)
         self.flag_log_start = 0

@@ -293,7 +293,7 @@ async def test_status(env: Env) -> None:
     await c.ok(append_command("INBOX", simple(2)))
     resp = await c.ok("STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN SIZE)")
     m = re.fullmatch(
-        rb'\* STATUS "INBOX" \(MESSAGES 2 RECENT 0 UIDNEXT 3 UIDVALIDITY (\d+) '
+        rb'\* STATUS "INBOX" \(MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY (\d+) '
         rb"UNSEEN 1 SIZE (\d+)\)",
         resp.untagged[0],
     )
@@ -319,7 +319,7 @@ async def test_select_examine_close_unselect(env: Env) -> None:
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] "
         b"Flags permitted.",
         b"* 2 EXISTS",
-        b"* 0 RECENT",
+        b"* 2 RECENT",  # appended while nobody had INBOX selected: recent here
         b"* OK [UNSEEN 2] First unseen.",
     ]
     assert re.fullmatch(rb"\* OK \[UIDVALIDITY \d+\] UIDs valid", resp.untagged[5])
@@ -396,8 +396,8 @@ async def test_append_flags_date_and_appenduid(env: Env) -> None:
     await c.ok("SELECT INBOX")
     resp = await c.ok("FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE)")
     assert resp.untagged == [
-        b'* 1 FETCH (FLAGS (\\Seen \\Draft $Custom) INTERNALDATE "17-Jul-1996 02:44:25 -0700" '
-        b"RFC822.SIZE %d)" % len(simple(1))
+        b"* 1 FETCH (FLAGS (\\Seen \\Draft \\Recent $Custom) "
+        b'INTERNALDATE "17-Jul-1996 02:44:25 -0700" RFC822.SIZE %d)' % len(simple(1))
     ]
     resp = await c.command(append_command("nope", simple(2)))
     assert resp.tagged.endswith(b"NO [TRYCREATE] Mailbox doesn't exist: nope")
@@ -419,9 +419,9 @@ async def test_multiappend_and_literal_plus(env: Env) -> None:
     await c.ok("SELECT INBOX")
     resp = await c.ok("FETCH 1:3 (FLAGS BODY.PEEK[])")
     assert resp.untagged == [
-        b"* 1 FETCH (FLAGS (\\Flagged) BODY[] {%d}\r\n%s)" % (len(m1), m1),
-        b"* 2 FETCH (FLAGS () BODY[] {%d}\r\n%s)" % (len(m2), m2),
-        b"* 3 FETCH (FLAGS (\\Seen) BODY[] {%d}\r\n%s)" % (len(m3), m3),
+        b"* 1 FETCH (FLAGS (\\Flagged \\Recent) BODY[] {%d}\r\n%s)" % (len(m1), m1),
+        b"* 2 FETCH (FLAGS (\\Recent) BODY[] {%d}\r\n%s)" % (len(m2), m2),
+        b"* 3 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}\r\n%s)" % (len(m3), m3),
     ]
     await c.logout()
 
@@ -461,7 +461,8 @@ async def test_fetch_items(env: Env) -> None:
     await c.ok("SELECT INBOX")
     resp = await c.ok("FETCH 1 (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODY BODYSTRUCTURE)")
     assert resp.untagged == [
-        b'* 1 FETCH (UID 1 FLAGS () RFC822.SIZE %d INTERNALDATE "01-Feb-2024 10:00:00 +0100" '
+        b"* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE %d "
+        b'INTERNALDATE "01-Feb-2024 10:00:00 +0100" '
         b'ENVELOPE ("Mon, 7 Feb 1994 21:52:01 -0800" "message 1" (("Sender 1" NIL "sender1" '
         b'"example.com")) (("Sender 1" NIL "sender1" "example.com")) (("Sender 1" NIL "sender1" '
         b'"example.com")) ((NIL NIL "rcpt" "example.org")) NIL NIL NIL "<1@example.com>") '
@@ -485,9 +486,9 @@ async def test_fetch_items(env: Env) -> None:
         b"BODY[1] {%d}\r\n%s BODY[1]<5> {4}\r\n%s BODY[2] {0}\r\n)" % (len(text), text, text[5:9])
     ]
     resp = await c.ok("FETCH 1 (RFC822.HEADER RFC822.TEXT)")
-    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen) RFC822.HEADER {")
+    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) RFC822.HEADER {")
     resp = await c.ok("FETCH 1 FAST")
-    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen) INTERNALDATE ")
+    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) INTERNALDATE ")
     await c.logout()
 
 
@@ -496,11 +497,11 @@ async def test_fetch_sets_seen_unless_peek_or_readonly(env: Env) -> None:
     resp = await c.ok("FETCH 1 BODY.PEEK[]")
     assert b"FLAGS" not in resp.untagged[0]
     resp = await c.ok("FETCH 1 BODY[TEXT]")
-    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen) BODY[TEXT] {")
+    assert resp.untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) BODY[TEXT] {")
     resp = await c.ok("FETCH 1 BODY[TEXT]")  # already seen: no FLAGS
     assert resp.untagged[0].startswith(b"* 1 FETCH (BODY[TEXT] {")
     resp = await c.ok("FETCH 2 RFC822")
-    assert resp.untagged[0].startswith(b"* 2 FETCH (FLAGS (\\Seen) RFC822 {")
+    assert resp.untagged[0].startswith(b"* 2 FETCH (FLAGS (\\Seen \\Recent) RFC822 {")
     await c.ok("EXAMINE INBOX")
     resp = await c.ok("FETCH 3 BODY[]")
     assert b"FLAGS" not in resp.untagged[0]
@@ -551,9 +552,9 @@ async def test_fetch_errors(env: Env) -> None:
     resp = await c.ok("UID FETCH 99 FLAGS")
     assert resp.untagged == []
     resp = await c.ok("UID FETCH 2:* FLAGS")
-    assert resp.untagged == [b"* 2 FETCH (UID 2 FLAGS ())"]
+    assert resp.untagged == [b"* 2 FETCH (UID 2 FLAGS (\\Recent))"]
     resp = await c.ok("UID FETCH 5:* FLAGS")  # "*" is the highest UID: 5:* means 2:5
-    assert resp.untagged == [b"* 2 FETCH (UID 2 FLAGS ())"]
+    assert resp.untagged == [b"* 2 FETCH (UID 2 FLAGS (\\Recent))"]
     resp = await c.command("FETCH 1 (BODY[")
     assert resp.status == "BAD"
     # A message expunged by another session is left out: NO [EXPUNGEISSUED].
@@ -578,21 +579,21 @@ async def test_fetch_errors(env: Env) -> None:
 async def test_store_variants(env: Env) -> None:
     c = await _with_messages(env, 3)
     resp = await c.ok("STORE 1 +FLAGS (\\Seen \\Flagged)")
-    assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen))"]
+    assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))"]
     resp = await c.ok("STORE 1 -FLAGS (\\Flagged)")
-    assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Seen))"]
+    assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Seen \\Recent))"]
     resp = await c.ok("STORE 1:2 FLAGS (\\Answered $Label1)")
     assert resp.untagged == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] "
         b"Flags permitted.",
-        b"* 1 FETCH (FLAGS (\\Answered $Label1))",
-        b"* 2 FETCH (FLAGS (\\Answered $Label1))",
+        b"* 1 FETCH (FLAGS (\\Answered \\Recent $Label1))",
+        b"* 2 FETCH (FLAGS (\\Answered \\Recent $Label1))",
     ]
     resp = await c.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
     assert resp.untagged == []
     resp = await c.ok("UID STORE 3 -FLAGS \\Deleted")
-    assert resp.untagged == [b"* 3 FETCH (FLAGS () UID 3)"]
+    assert resp.untagged == [b"* 3 FETCH (FLAGS (\\Recent) UID 3)"]
     resp = await c.command("STORE 1 +FLAGS (\\Recent)")
     assert resp.tagged.endswith(b"BAD Error in IMAP command STORE: Invalid system flag \\RECENT")
     resp = await c.command("STORE 4 +FLAGS (\\Seen)")
@@ -608,7 +609,7 @@ async def test_store_unchangedsince(env: Env) -> None:
     resp = await c.ok(f"STORE 1:2 (UNCHANGEDSINCE {max(modseqs)}) +FLAGS (\\Seen)")
     assert resp.tagged.endswith(b"OK [MODIFIED 2] Conditional STORE failed")
     assert len(resp.untagged) == 1 and resp.untagged[0].startswith(
-        b"* 1 FETCH (FLAGS (\\Seen) MODSEQ ("
+        b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ("
     )
     await c.logout()
 
@@ -675,9 +676,9 @@ async def test_search_keys(env: Env) -> None:
         "NOT (SEEN)": b"* SEARCH 2 3",
         "2:*": b"* SEARCH 2 3",
         "UID 1,3": b"* SEARCH 1 3",
-        "RECENT": b"* SEARCH",
-        "NEW": b"* SEARCH",
-        "OLD": b"* SEARCH 1 2 3",
+        "RECENT": b"* SEARCH 1 2 3",  # this session saw them first
+        "NEW": b"* SEARCH 2 3",
+        "OLD": b"* SEARCH",
         "YOUNGER 3600": b"* SEARCH 2 3",
         "OLDER 3600": b"* SEARCH 1",
         "CHARSET UTF-8 SUBJECT HELLO": b"* SEARCH 1",
@@ -762,11 +763,11 @@ async def test_rfc3501_sample_session(env: Env) -> None:
     resp = await c2.command("select inbox", tag="a002")
     assert b"* 18 EXISTS" in resp.untagged
     assert b"* OK [UNSEEN 17] First unseen." in resp.untagged
-    assert b"* 0 RECENT" in resp.untagged
+    assert b"* 18 RECENT" in resp.untagged
     assert resp.tagged == b"a002 OK [READ-WRITE] Select completed."
     resp = await c2.command("fetch 12 full", tag="a003")
     line = resp.untagged[0]
-    assert line.startswith(b"* 12 FETCH (FLAGS (\\Seen) INTERNALDATE ")
+    assert line.startswith(b"* 12 FETCH (FLAGS (\\Seen \\Recent) INTERNALDATE ")
     assert b" RFC822.SIZE %d ENVELOPE (" % len(simple(12)) in line
     assert b' BODY ("text" "plain" ' in line
     assert resp.tagged == b"a003 OK Fetch completed."
@@ -774,7 +775,7 @@ async def test_rfc3501_sample_session(env: Env) -> None:
     header = simple(12).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
     assert resp.untagged == [b"* 12 FETCH (BODY[HEADER] {%d}\r\n%s)" % (len(header), header)]
     resp = await c2.command("store 12 +flags \\deleted", tag="a005")
-    assert resp.untagged == [b"* 12 FETCH (FLAGS (\\Deleted \\Seen))"]
+    assert resp.untagged == [b"* 12 FETCH (FLAGS (\\Deleted \\Seen \\Recent))"]
     assert resp.tagged == b"a005 OK Store completed."
     resp = await c2.command("logout", tag="a006")
     assert resp.untagged == [b"* BYE Logging out"]

@@ -67,7 +67,7 @@ async def test_two_sessions_see_each_others_flags_and_expunges(env: Env) -> None
     # Flag changes of messages since expunged are not reported; numbering is Dovecot's.
     assert resp.untagged == [b"* 1 EXPUNGE", b"* 2 EXPUNGE"]
     resp = await a.ok("FETCH 1 (UID FLAGS)")
-    assert resp.untagged == [b"* 1 FETCH (UID 2 FLAGS (\\Flagged))"]
+    assert resp.untagged == [b"* 1 FETCH (UID 2 FLAGS (\\Flagged \\Recent))"]
     # A session's own STORE is not reported to it again.
     resp = await a.ok("NOOP")
     assert resp.untagged == []
@@ -88,7 +88,7 @@ async def test_no_expunge_during_fetch_store_search(env: Env) -> None:
     resp = await a.ok("SEARCH ALL")
     assert resp.untagged == [b"* SEARCH 1 3"]  # 2 is gone, 3 keeps its number
     resp = await a.ok("STORE 3 +FLAGS (\\Seen)")
-    assert resp.untagged == [b"* 3 FETCH (FLAGS (\\Seen))"]
+    assert resp.untagged == [b"* 3 FETCH (FLAGS (\\Seen \\Recent))"]
     # A UID command may carry them.
     resp = await a.ok("UID FETCH 3 UID")
     assert resp.untagged == [b"* 3 FETCH (UID 3)", b"* 2 EXPUNGE", b"* 3 EXISTS"]
@@ -104,11 +104,13 @@ async def test_idle_sees_flags_and_expunges(env: Env) -> None:
     await b.ok("SELECT INBOX")
     await _idle(a)
     await b.ok("STORE 1 +FLAGS (\\Answered)")
-    assert await asyncio.wait_for(a.read_response_line(), 1.0) == b"* 1 FETCH (FLAGS (\\Answered))"
+    assert await asyncio.wait_for(a.read_response_line(), 1.0) == (
+        b"* 1 FETCH (FLAGS (\\Answered \\Recent))"
+    )
     await b.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
     await b.ok("EXPUNGE")
     lines = [await asyncio.wait_for(a.read_response_line(), 1.0) for _ in range(2)]
-    assert lines == [b"* 2 FETCH (FLAGS (\\Deleted))", b"* 2 EXPUNGE"]
+    assert lines == [b"* 2 FETCH (FLAGS (\\Deleted \\Recent))", b"* 2 EXPUNGE"]
     assert await _done(a) == []
     await a.logout()
     await b.logout()
@@ -132,7 +134,7 @@ async def test_changes_from_another_process_reach_idle_and_noop(env: Env) -> Non
         assert await _done(a) == []
         await box.store([1], "add", 4)  # \Flagged
         resp = await a.ok("NOOP")
-        assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Flagged))"]
+        assert resp.untagged == [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))"]
         await box.expunge([2], deleted_only=False)
         resp = await a.ok("NOOP")
         assert resp.untagged == [b"* 2 EXPUNGE"]

@@ -447,7 +447,8 @@ class _Writer:
         view = self.sel.view
         name = attr.name
         if name == "FLAGS":
-            return b"FLAGS " + flag_list_bytes(view.flags[vi], view.keywords[vi])
+            flags = flag_list_bytes(view.flags[vi], view.keywords[vi], self.sel.is_recent(uid))
+            return b"FLAGS " + flags
         if name == "UID":
             return r.fetch_uid(uid)
         if name == "RFC822.SIZE":
@@ -556,7 +557,7 @@ class _Writer:
     def _record_value(self, attr: FetchAttribute, fetched: FetchedMessage) -> bytes:
         rec = fetched.record
         if attr.name == "FLAGS":
-            return b"FLAGS " + flag_list_bytes(rec.flags, rec.keywords)
+            return b"FLAGS " + flag_list_bytes(rec.flags, rec.keywords, self.sel.is_recent(rec.uid))
         if attr.name == "UID":
             return r.fetch_uid(rec.uid)
         if attr.name == "RFC822.SIZE":

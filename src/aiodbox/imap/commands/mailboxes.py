@@ -261,10 +261,11 @@ async def lsub(conn: ImapConnection, cmd: Lsub) -> Reply:
 def status_pairs(
     conn: ImapConnection, items: Iterable[str], st: MailboxStatus
 ) -> list[tuple[str, int]]:
-    """``(item, value)`` pairs in the client's order (``RECENT`` is always 0)."""
+    """``(item, value)`` pairs in the client's order (``RECENT``: messages no session
+    has claimed as ``\\Recent`` yet)."""
     values = {
         "MESSAGES": st.messages,
-        "RECENT": 0,
+        "RECENT": st.recent,
         "UIDNEXT": st.uidnext,
         "UIDVALIDITY": st.uidvalidity,
         "UNSEEN": st.unseen,

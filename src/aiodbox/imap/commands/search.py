@@ -6,8 +6,8 @@ The IMAP search program is translated into the storage's criteria tree
 the session's own numbering; ``Mailbox.search`` then answers index keys at once and
 reads content with bounded prefetch.  Keys the storage tree has no node for are
 answered here from the shared view, without I/O: ``OLDER``/``YOUNGER`` (seconds, not
-days) become UID sets, and ``RECENT``/``NEW`` match nothing and ``OLD`` everything
-(this server reports no ``\\Recent`` messages, see :mod:`aiodbox.imap.selected`).
+days) become UID sets, and so do ``RECENT``/``NEW``/``OLD`` (the session's ``\\Recent``
+UIDs, see :mod:`aiodbox.imap.selected`).
 """
 
 from __future__ import annotations
@@ -83,8 +83,11 @@ class _Translator:
             case SearchNot(inner):
                 return s.Not(self.key(inner))
             case SearchFlag(flag, present):
-                if flag.upper() == "\\RECENT":
-                    return _NOTHING if present else s.All()
+                if flag.upper() == "\\RECENT":  # this session's (selected.py)
+                    if not self.sel.recent:
+                        return _NOTHING if present else s.All()
+                    recent = s.UidSet(tuple((lo, hi - 1) for lo, hi in self.sel.recent))
+                    return recent if present else s.Not(recent)
                 if flag.startswith("\\"):
                     bit = system_flag_bit(flag)
                     if bit is None:

@@ -67,11 +67,12 @@ async def select(conn: ImapConnection, cmd: Select) -> Reply:
         qresync="QRESYNC" in conn.enabled,
     )
     await conn.select(sel)
+    await sel.claim_recent()
     view = sel.view
     for line in sel.flags_responses():
         out.buffer(line)
     out.buffer(r.exists_response(sel.count))
-    out.buffer(r.recent_response(0))
+    out.buffer(sel.recent_response())
     unseen = first_unseen(sel)
     if unseen is not None:
         out.buffer(r.untagged_status("OK", "First unseen.", r.ResponseCode.unseen(unseen)))
@@ -102,7 +103,8 @@ async def _qresync(conn: ImapConnection, sel: SelectedMailbox, q: QResync) -> No
         if view.modseqs[i] > q.modseq:
             items = [
                 r.fetch_uid(view.uids[i]),
-                b"FLAGS " + flag_list_bytes(view.flags[i], view.keywords[i]),
+                b"FLAGS "
+                + flag_list_bytes(view.flags[i], view.keywords[i], sel.is_recent(view.uids[i])),
                 r.fetch_modseq(view.modseqs[i]),
             ]
             out.buffer(r.fetch_response(i + 1, items))

@@ -72,7 +72,8 @@ async def store(conn: ImapConnection, cmd: Store) -> Reply:
             continue
         items: list[bytes] = []
         if not cmd.silent:
-            items.append(b"FLAGS " + flag_list_bytes(view.flags[vi], view.keywords[vi]))
+            flags = flag_list_bytes(view.flags[vi], view.keywords[vi], sel.is_recent(uid))
+            items.append(b"FLAGS " + flags)
         if cmd.uid or (sel.qresync and items):
             items.append(r.fetch_uid(uid))
         if sel.condstore:
