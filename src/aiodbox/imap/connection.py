@@ -95,7 +95,15 @@ IDLE_KEEPALIVE = 120.0
 class _Idle:
     """A connection in IDLE: the IDLE command's tag and bookkeeping."""
 
-    __slots__ = ("keepalive_at", "scheduled", "started", "tag", "watching")
+    __slots__ = (
+        "claim",
+        "claim_failed",
+        "keepalive_at",
+        "scheduled",
+        "started",
+        "tag",
+        "watching",
+    )
 
     def __init__(self, tag: str, now: float) -> None:
         self.tag = tag
@@ -103,6 +111,9 @@ class _Idle:
         self.keepalive_at = now + IDLE_KEEPALIVE
         self.scheduled = False
         self.watching = False
+        self.claim: asyncio.Task[None] | None = None
+        """Claiming new messages as \\Recent before they are announced (a short task)."""
+        self.claim_failed = False
 
 
 def command_name(event: Command | AppendMessageStart) -> str:
@@ -656,7 +667,23 @@ class ImapConnection(asyncio.Protocol):
         if sel is not None and sel.mailbox.deleted:
             self.close(r.bye("Selected mailbox was deleted, have to disconnect."))
             return
+        if sel is not None and sel.can_claim_recent() and not idle.claim_failed:
+            # New messages: claim them first, so EXISTS comes with their RECENT count.
+            if idle.claim is None:
+                idle.claim = self.server.loop.create_task(self._claim_in_idle(idle, sel))
+            return
         self.send_updates(allow_expunge=True)
+
+    async def _claim_in_idle(self, idle: _Idle, sel: SelectedMailbox) -> None:
+        try:
+            await sel.claim_recent()
+        except Exception as exc:  # announce without claiming rather than not at all
+            log.info("claiming recent messages in IDLE failed: %s", exc)
+            idle.claim_failed = True
+        finally:
+            idle.claim = None
+        if self._idle is idle:
+            self._schedule_idle_flush()
 
     def _idle_poll_failed(self, exc: Exception) -> None:
         sel = self.selected

@@ -32,9 +32,10 @@ it would announce presumes them).
 mailbox's ``first_recent_uid``, and messages from there on are recent and not yet
 claimed.  A read-write session claims them (one index transaction, atomic across
 processes, see :meth:`Mailbox.claim_recent`) when it selects the mailbox and when it
-learns of new messages before a command; the claimed UIDs are recent for that session
-only.  A read-only session claims nothing and sees every unclaimed message as recent.
-``* n RECENT`` goes out with ``EXISTS`` (SELECT, and new messages).
+learns of new messages (before a command, or in IDLE before announcing them); the
+claimed UIDs are recent for that session only.  A read-only session claims nothing
+and sees every unclaimed message as recent.  ``* n RECENT`` goes out with ``EXISTS``
+(SELECT, and new messages).
 """
 
 from __future__ import annotations
@@ -152,11 +153,17 @@ class SelectedMailbox:
     async def claim_recent(self) -> None:
         """Take the recent messages nobody claimed yet (read-write sessions; a write
         only when the view knows of something to claim)."""
-        if self.readonly:
+        if not self.can_claim_recent():
             return
         claimed = await self.mailbox.claim_recent()
         if claimed is not None:
             self.recent.append(claimed)
+
+    def can_claim_recent(self) -> bool:
+        """Whether :meth:`claim_recent` may find something (read-write, and the view
+        knows of messages nobody claimed); no I/O."""
+        view = self.view
+        return not self.readonly and view.first_recent_uid < view.uidnext
 
     def is_recent(self, uid: int) -> bool:
         """Whether ``uid`` is ``\\Recent`` in this session."""

@@ -47,6 +47,8 @@ async def test_idle_sees_append_from_another_connection_within_a_second(env: Env
     line = await asyncio.wait_for(watcher.read_response_line(), 1.0)
     assert line == b"* 2 EXISTS"
     assert time.monotonic() - started < 1.0
+    # Claimed as \\Recent by this session (the first told of it), as Dovecot says.
+    assert await asyncio.wait_for(watcher.read_response_line(), 1.0) == b"* 2 RECENT"
     assert await _done(watcher) == []
     await writer.logout()
     await watcher.logout()
@@ -131,6 +133,7 @@ async def test_changes_from_another_process_reach_idle_and_noop(env: Env) -> Non
         line = await asyncio.wait_for(a.read_response_line(), 3.0)
         assert line == b"* 2 EXISTS"
         assert time.monotonic() - started < 2.5  # one poll interval (1 s) plus slack
+        assert await asyncio.wait_for(a.read_response_line(), 1.0) == b"* 2 RECENT"
         assert await _done(a) == []
         await box.store([1], "add", 4)  # \Flagged
         resp = await a.ok("NOOP")
@@ -161,6 +164,7 @@ async def test_lmtp_delivery_reaches_idle(env: Env) -> None:
         await asyncio.to_thread(deliver)
         line = await asyncio.wait_for(a.read_response_line(), 1.0)
         assert line == b"* 1 EXISTS"
+        assert await asyncio.wait_for(a.read_response_line(), 1.0) == b"* 1 RECENT"
         assert await _done(a) == []
         resp = await a.ok("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]")
         assert b"Subject: message 1" in resp.untagged[0]
