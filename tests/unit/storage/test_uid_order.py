@@ -19,33 +19,50 @@ from aiodbox.storage import mailbox as mailbox_module
 from .storage_testlib import make_storage, simple_message
 
 
+class _FirstDataCommitHeld:
+    """Holds the first transaction's data commit (``commit_saves``) until ``release``,
+    as a slow disk would; with ``fail`` it then fails instead of committing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fmt_obj: Any, *, fail: bool) -> None:
+        self.gate = asyncio.Event()
+        self.calls = 0
+        original = fmt_obj.commit_saves
+
+        async def held(*args: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                await self.gate.wait()  # the transaction that reserved UID 1
+                if fail:
+                    raise OSError(5, "simulated I/O error")
+            return await original(*args)
+
+        monkeypatch.setattr(fmt_obj, "commit_saves", held)
+
+    async def start(self, first: Any, second: Any) -> tuple[asyncio.Future[Any], ...]:
+        """Commit ``first`` (it reserves UID 1, then is held), then ``second``."""
+        first_commit = asyncio.ensure_future(first.commit())
+        while self.calls < 1:
+            await asyncio.sleep(0.005)
+        return first_commit, asyncio.ensure_future(second.commit())
+
+    def release(self) -> None:
+        self.gate.set()
+
+
 @pytest.mark.parametrize("fmt", ["sdbox", "mdbox"])
-async def test_a_later_uid_waits_for_an_earlier_one_still_writing(tmp_path: Path, fmt: str) -> None:
+async def test_a_later_uid_waits_for_an_earlier_one_still_writing(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage, _ = make_storage(tmp_path, fmt, "posix")
     user = await storage.user("u")
     view_box = await user.open_mailbox("INBOX")  # a session's shared view
     view = view_box.view
-    fmt_obj = user.format
-    original = fmt_obj.commit_saves
-    gate = asyncio.Event()
-    calls = 0
-
-    async def first_one_slow(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await gate.wait()  # the transaction that reserved UID 1 is still writing
-        return await original(*args)
-
-    fmt_obj.commit_saves = first_one_slow  # type: ignore[method-assign]
+    held = _FirstDataCommitHeld(monkeypatch, user.format, fail=False)
     slow = view_box.transaction()
     await slow.save(simple_message(1))
     fast = view_box.transaction()
     await fast.save(simple_message(2))
-    slow_commit = asyncio.ensure_future(slow.commit())
-    while calls < 1:
-        await asyncio.sleep(0.005)
-    fast_commit = asyncio.ensure_future(fast.commit())
+    slow_commit, fast_commit = await held.start(slow, fast)
     seen: list[list[int]] = []
     for _ in range(20):  # UID 2's data is durable long before UID 1's
         await asyncio.sleep(0.01)
@@ -53,49 +70,33 @@ async def test_a_later_uid_waits_for_an_earlier_one_still_writing(tmp_path: Path
         seen.append(list(view.uids))
     assert not fast_commit.done(), "UID 2 became visible while UID 1 was still pending"
     assert all(s == [] for s in seen)
-    gate.set()
+    held.release()
     assert (await slow_commit).saved_uids == [1]
     assert (await fast_commit).saved_uids == [2]
     await view_box.sync()
     assert list(view.uids) == [1, 2]
-    fmt_obj.commit_saves = original  # type: ignore[method-assign]
     await view_box.close()
     await user.close()
 
 
-async def test_a_failed_save_does_not_hold_back_the_ones_after_it(tmp_path: Path) -> None:
+async def test_a_failed_save_does_not_hold_back_the_ones_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage, _ = make_storage(tmp_path, "sdbox", "posix")
     user = await storage.user("u")
     box = await user.open_mailbox("INBOX")
-    fmt_obj = user.format
-    original = fmt_obj.commit_saves
-    gate = asyncio.Event()
-    calls = 0
-
-    async def first_one_fails(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await gate.wait()
-            raise OSError(5, "simulated I/O error")
-        return await original(*args)
-
-    fmt_obj.commit_saves = first_one_fails  # type: ignore[method-assign]
+    held = _FirstDataCommitHeld(monkeypatch, user.format, fail=True)
     failing = box.transaction()
     await failing.save(simple_message(1))
     later = box.transaction()
     await later.save(simple_message(2))
-    failing_commit = asyncio.ensure_future(failing.commit())
-    while calls < 1:
-        await asyncio.sleep(0.005)
-    later_commit = asyncio.ensure_future(later.commit())
+    failing_commit, later_commit = await held.start(failing, later)
     await asyncio.sleep(0.05)
     assert not later_commit.done()
-    gate.set()
+    held.release()
     with pytest.raises(OSError):
         await failing_commit
     assert (await asyncio.wait_for(later_commit, 2)).saved_uids == [2]
-    fmt_obj.commit_saves = original  # type: ignore[method-assign]
     await box.close()
     await user.close()
 
