@@ -592,16 +592,39 @@ def _v3_message(
     preload: tuple[int, bytes] | None = None,
 ) -> DboxMessage:
     """The message of a located v3 record (``preload``: bytes of the file already read)."""
+    return _v3_at(
+        handle,
+        record.offset,
+        record.body_size,
+        record.end,
+        record.metadata,
+        owns_handle=owns_handle,
+        preload=preload,
+    )
+
+
+def _v3_at(
+    handle: FileHandle,
+    offset: int,
+    body_size: int,
+    end: int,
+    metadata: Metadata | Callable[[], Metadata],
+    *,
+    owns_handle: bool = False,
+    preload: tuple[int, bytes] | None = None,
+) -> DboxMessage:
+    """The message of the v3 record at file ``offset`` with a ``body_size`` body, ending
+    at ``end``; ``metadata`` may be a function that decodes it on first use."""
     msg = DboxMessage(
         handle,
         owns_handle=owns_handle,
         format="v3",
-        offset=record.offset,
-        body_offset=record.body_offset,
-        end=record.end,
-        stored_size=record.body_size,
-        imap_size=record.body_size,
-        metadata=record.metadata,
+        offset=offset,
+        body_offset=offset + len(RECORD_START),
+        end=end,
+        stored_size=body_size,
+        imap_size=body_size,
+        metadata=metadata,
     )
     msg.preload = preload
     return msg
@@ -821,19 +844,14 @@ def mdbox_message_from_span(
     end = record_span(data, rel, header.sep, body_size)
     if end is not None:  # the usual record: located without decoding anything
         start = rel + len(RECORD_START)
-        msg = DboxMessage(
+        return _v3_at(
             handle,
-            owns_handle=False,
-            format="v3",
-            offset=offset,
-            body_offset=offset + len(RECORD_START),
-            end=offset + end - rel,
-            stored_size=body_size,
-            imap_size=body_size,
-            metadata=lambda: record_metadata(data, rel, header.sep, body_size),
+            offset,
+            body_size,
+            offset + end - rel,
+            lambda: record_metadata(data, rel, header.sep, body_size),
+            preload=(offset + len(RECORD_START), data[start : start + body_size]),
         )
-        msg.preload = (offset + len(RECORD_START), data[start : start + body_size])
-        return msg
     stop = rel + mdbox_record_span(offset, body_size)
     window = data if rel == 0 and stop >= len(data) else data[rel:stop]
     record = read_record(window, header.sep, body_size, offset=offset)
@@ -1002,19 +1020,14 @@ def sdbox_message_from_bytes(
     if span is not None:  # the usual file: located without decoding anything
         start, end = span
         stored = end - start
-        msg = DboxMessage(
+        return _v3_at(
             _BytesHandle(path, data),
-            owns_handle=False,
-            format="v3",
-            offset=start - len(RECORD_START),
-            body_offset=start,
-            end=size,
-            stored_size=stored,
-            imap_size=stored,
-            metadata=lambda: _sdbox_metadata(data, stored),
+            start - len(RECORD_START),
+            stored,
+            size,
+            lambda: _sdbox_metadata(data, stored),
+            preload=(0, data),
         )
-        msg.preload = (0, data)
-        return msg
     header = _parse_any_header(data, True)
     if isinstance(header, V2FileHeader):
         return None
