@@ -242,6 +242,20 @@ class _BufferPool:
             return free.pop()
         return (ctypes.c_char * size)()
 
+    def result(self, buf: ctypes.Array[ctypes.c_char], res: int, filename: object = None) -> bytes:
+        """The bytes a read into ``buf`` returned (``res``: its CQE result), and ``buf``
+        back to the pool (the kernel is done with it once the read completed).
+
+        Raises:
+            OSError: ``res`` is an error.
+        """
+        try:
+            if res < 0:
+                raise _os_error(-res, filename)
+            return ctypes.string_at(buf, res)
+        finally:
+            self.give(buf)
+
     def give(self, buf: ctypes.Array[ctypes.c_char]) -> None:
         size = len(buf)
         if size > self.MAX_BUFFER or self._held + size > self.MAX_HELD:
@@ -514,12 +528,7 @@ class UringEngine:
             ring.prep_read((op, 0), fd, buf, offset)
 
         (res,) = await self._run(1, prep)
-        try:  # the kernel is done with buf: reuse it once the data is copied out
-            if res < 0:
-                raise _os_error(-res)
-            return ctypes.string_at(buf, res)
-        finally:
-            self._buffers.give(buf)
+        return self._buffers.result(buf, res)
 
     async def write(
         self, fd: int, data: WriteData, offset: int, *, force_async: bool = False
@@ -792,14 +801,10 @@ class UringEngine:
                 ring.prep_close((op, 1), fd)
 
             nread, _closed = await self._run(2, prep_fd, continuing=True)
-        try:  # the kernel is done with buf: reuse it once the data is copied out
-            if nread < 0:
-                raise _os_error(-nread, name)
-            if nread > max_size:
-                raise OSError(errno.EFBIG, f"file is larger than {max_size} bytes", name)
-            return ctypes.string_at(buf, nread)
-        finally:
-            self._buffers.give(buf)
+        data = self._buffers.result(buf, nread, name)
+        if len(data) > max_size:
+            raise OSError(errno.EFBIG, f"file is larger than {max_size} bytes", name)
+        return data
 
     # --- callback-style submission -------------------------------------------------------
 
@@ -917,13 +922,7 @@ class UringEngine:
             ring.prep_read((op, 0), fd, buf, offset)
 
         def finish(results: list[int]) -> bytes:
-            res = results[0]
-            try:
-                if res < 0:
-                    raise _os_error(-res)
-                return ctypes.string_at(buf, res)
-            finally:
-                buffers.give(buf)
+            return buffers.result(buf, results[0])
 
         return self.start(1, prep, finish)
 
@@ -959,24 +958,12 @@ class UringEngine:
         self.stats.sqes += 1
         self._submit_and_reap(min_budget=1)
         if not op.remaining:  # completed inside io_uring_enter: nobody else saw it
-            res = op.results[0]
-            try:
-                if res < 0:
-                    raise _os_error(-res)
-                return ctypes.string_at(buf, res)
-            finally:
-                buffers.give(buf)
+            return buffers.result(buf, op.results[0])
         fut: asyncio.Future[bytes] = self._loop.create_future()
         op.fut = fut
 
         def finish(results: list[int]) -> bytes:
-            res = results[0]
-            try:
-                if res < 0:
-                    raise _os_error(-res)
-                return ctypes.string_at(buf, res)
-            finally:
-                buffers.give(buf)
+            return buffers.result(buf, results[0])
 
         op.finish = finish
         return fut
