@@ -362,114 +362,88 @@ class Transaction:
             turns.append((mbox.info.id, first))
         if copy_records and dest is not None:
             turns.append((dest.info.id, dest_first))
-        for turn in turns:
-            user.uid_order.begin(*turn)
-        try:
-            return await self._commit_reserved(
-                mbox, user, fmt, dest, copy_records, first, dest_first, pending_ids, turns
-            )
-        finally:
-            for turn in turns:
-                user.uid_order.end(*turn)
-
-    async def _commit_reserved(
-        self,
-        mbox: Mailbox,
-        user: User,
-        fmt: Any,
-        dest: Mailbox | None,
-        copy_records: list[MailRecord],
-        first: int,
-        dest_first: int,
-        pending_ids: list[int],
-        turns: list[tuple[int, int]],
-    ) -> CommitResult:
-        n_saves = len(self._saves)
-        explicit = [s.uid for s in self._saves if s.uid is not None]
-
-        # 3. message data under final names, durable
-        saved_uids = explicit or list(range(first, first + n_saves))
-        locations = await fmt.commit_saves(mbox.info, [s.handle for s in self._saves], saved_uids)
-        copy_uids = list(range(dest_first, dest_first + len(copy_records)))
-        copy_locations: list[Any] = []
-        if copy_records and dest is not None:
-            copy_locations = await fmt.copy_files(mbox.info, dest.info, copy_records, copy_uids)
-
-        # 4. the index transaction
-        saves = self._saves
-        flag_changes = self._flags
-        save_date = int(time.time())
-
-        def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
-            if wait_for_others and _lower_reservations_elsewhere(conn, turns):
-                raise _LowerUidsPending
-            modseq = 0
-            modified: list[int] = []
-            if saves or flag_changes:
-                modseq = _bump_modseq(conn, mbox.info.id)
-            for s, uid, loc in zip(saves, saved_uids, locations, strict=True):
-                file_name, map_uid = fmt.location_in_tx(conn, loc)
-                conn.execute(
-                    "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
-                    " internal_date, internal_tz, save_date, size, file_name, map_uid)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        mbox.info.id,
-                        uid,
-                        s.guid,
-                        s.flags,
-                        " ".join(s.keywords),
-                        modseq,
-                        s.internal_date,
-                        s.internal_tz,
-                        save_date,
-                        loc.imap_size,
-                        file_name,
-                        map_uid,
-                    ),
-                )
-                _add_mailbox_keywords(conn, mbox.info.id, s.keywords)
-            for change in flag_changes:
-                modified += _apply_flags(conn, mbox.info.id, change, modseq)
+        with user.uid_order.reserved(turns):
+            # 3. message data under final names, durable
+            saved_uids = explicit or list(range(first, first + n_saves))
+            handles = [s.handle for s in self._saves]
+            locations = await fmt.commit_saves(mbox.info, handles, saved_uids)
+            copy_uids = list(range(dest_first, dest_first + len(copy_records)))
+            copy_locations: list[Any] = []
             if copy_records and dest is not None:
-                dmodseq = _bump_modseq(conn, dest.info.id)
-                for rec, uid, loc in zip(copy_records, copy_uids, copy_locations, strict=True):
-                    file_name, map_uid = fmt.copy_location_in_tx(conn, rec, loc)
+                copy_locations = await fmt.copy_files(mbox.info, dest.info, copy_records, copy_uids)
+
+            # 4. the index transaction
+            saves = self._saves
+            flag_changes = self._flags
+            save_date = int(time.time())
+
+            def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
+                if wait_for_others and _lower_reservations_elsewhere(conn, turns):
+                    raise _LowerUidsPending
+                modseq = 0
+                modified: list[int] = []
+                if saves or flag_changes:
+                    modseq = _bump_modseq(conn, mbox.info.id)
+                for s, uid, loc in zip(saves, saved_uids, locations, strict=True):
+                    file_name, map_uid = fmt.location_in_tx(conn, loc)
                     conn.execute(
                         "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
-                        " internal_date, internal_tz, save_date, size, file_name, map_uid,"
-                        " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " internal_date, internal_tz, save_date, size, file_name, map_uid)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
-                            dest.info.id,
+                            mbox.info.id,
                             uid,
-                            rec.guid,
-                            rec.flags,
-                            " ".join(rec.keywords),
-                            dmodseq,
-                            rec.internal_date,
-                            rec.internal_tz,
+                            s.guid,
+                            s.flags,
+                            " ".join(s.keywords),
+                            modseq,
+                            s.internal_date,
+                            s.internal_tz,
                             save_date,
-                            rec.size,
+                            loc.imap_size,
                             file_name,
                             map_uid,
-                            rec.cache,
                         ),
                     )
-                    _add_mailbox_keywords(conn, dest.info.id, rec.keywords)
-            for pid_row in pending_ids:
-                conn.execute("DELETE FROM pending WHERE id = ?", (pid_row,))
-            return modseq, modified
+                    _add_mailbox_keywords(conn, mbox.info.id, s.keywords)
+                for change in flag_changes:
+                    modified += _apply_flags(conn, mbox.info.id, change, modseq)
+                if copy_records and dest is not None:
+                    dmodseq = _bump_modseq(conn, dest.info.id)
+                    for rec, uid, loc in zip(copy_records, copy_uids, copy_locations, strict=True):
+                        file_name, map_uid = fmt.copy_location_in_tx(conn, rec, loc)
+                        conn.execute(
+                            "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
+                            " internal_date, internal_tz, save_date, size, file_name, map_uid,"
+                            " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                dest.info.id,
+                                uid,
+                                rec.guid,
+                                rec.flags,
+                                " ".join(rec.keywords),
+                                dmodseq,
+                                rec.internal_date,
+                                rec.internal_tz,
+                                save_date,
+                                rec.size,
+                                file_name,
+                                map_uid,
+                                rec.cache,
+                            ),
+                        )
+                        _add_mailbox_keywords(conn, dest.info.id, rec.keywords)
+                for pid_row in pending_ids:
+                    conn.execute("DELETE FROM pending WHERE id = ?", (pid_row,))
+                return modseq, modified
 
-        try:
-            lowest: dict[int, int] = {}  # per mailbox (a copy to itself reserves twice)
-            for mailbox_id, first_uid in turns:
-                lowest[mailbox_id] = min(first_uid, lowest.get(mailbox_id, first_uid))
-            for mailbox_id, first_uid in lowest.items():  # this process's lower UIDs first
-                await user.uid_order.wait_turn(mailbox_id, first_uid)
-            modseq, modified = await _write_in_turn(user, apply)
-        except BaseException:
-            await fmt.discard_committed(mbox.info, locations)
-            raise
+            try:
+                await user.uid_order.wait_turns(turns)  # this process's lower UIDs first
+                modseq, modified = await _write_in_turn(user, apply)
+            except BaseException:
+                await fmt.discard_committed(mbox.info, locations)
+                raise
+        # (the turns end here: later UIDs may become visible while views refresh)
         for s in self._saves:
             s.handle.committed = True
         await mbox.refresh()

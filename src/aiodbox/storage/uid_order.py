@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+from collections.abc import Iterator, Sequence
 
 
 class UidOrder:
@@ -30,6 +32,27 @@ class UidOrder:
     def __init__(self) -> None:
         self._first_uids: dict[int, list[int]] = {}  # mailbox id -> sorted first UIDs
         self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.contextmanager
+    def reserved(self, turns: Sequence[tuple[int, int]]) -> Iterator[None]:
+        """A transaction holds ``(mailbox id, first UID)`` reservations for the block:
+        :meth:`begin` each, and :meth:`end` each however the block ends."""
+        for turn in turns:
+            self.begin(*turn)
+        try:
+            yield
+        finally:
+            for turn in turns:
+                self.end(*turn)
+
+    async def wait_turns(self, turns: Sequence[tuple[int, int]]) -> None:
+        """:meth:`wait_turn` for a transaction's reservations (per mailbox from its
+        lowest: one that saves and copies into the same mailbox holds two there)."""
+        lowest: dict[int, int] = {}
+        for mailbox_id, first_uid in turns:
+            lowest[mailbox_id] = min(first_uid, lowest.get(mailbox_id, first_uid))
+        for mailbox_id, first_uid in lowest.items():
+            await self.wait_turn(mailbox_id, first_uid)
 
     def begin(self, mailbox_id: int, first_uid: int) -> None:
         """A transaction reserved UIDs from ``first_uid`` on (call :meth:`end` later)."""
