@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import sqlite3
 import threading
@@ -254,3 +255,31 @@ async def test_freed_memory_is_given_back_once_after_a_burst_of_idle_closes(
     assert calls == [0]  # five databases closed together: one trim
     for db in dbs:
         await db.close()
+
+
+async def test_beyond_open_max_the_least_recently_used_database_disconnects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "OPEN_MAX", 2)
+    monkeypatch.setattr(db_module, "_open_dbs", collections.OrderedDict())
+    dbs = []
+    for i in range(3):
+        db = await IndexDB.open(tmp_path / f"u{i}" / "index.sqlite")
+        await db.write(_make_table)
+        await db.write(_insert(i))
+        dbs.append(db)
+    await dbs[1].read(_keys)  # u1 used more recently than u2... and u0 least of all
+    await asyncio.sleep(0.05)  # the queued close ran
+    assert _open_fds_to(tmp_path / "u0") == 0
+    assert _open_fds_to(tmp_path / "u1") > 0
+    assert _open_fds_to(tmp_path / "u2") > 0
+    # The disconnected one works as before; reopening it pushes out the least recent (u2).
+    assert await dbs[0].read(_keys) == [0]
+    assert await dbs[0].write(_insert(10)) == 10
+    await asyncio.sleep(0.05)
+    assert _open_fds_to(tmp_path / "u0") > 0
+    assert _open_fds_to(tmp_path / "u2") == 0
+    assert await dbs[2].read(_keys) == [2]
+    for db in dbs:
+        await db.close()
+    assert _open_fds_to(tmp_path) == 0

@@ -28,6 +28,13 @@ runs the schema migration) but by the first write: a session that only reads (lo
 SELECT, idle) never holds one.  Values of ``PRAGMA data_version`` are comparable only
 within one connection, so :func:`read_data_version` tags them with the connection
 they came from: a reopened connection never matches a remembered value.
+
+*At most ``OPEN_MAX`` databases keep connections open per process.*  A server with
+thousands of users logged in at once would otherwise hold two connections per user until
+they idle out.  When one more database opens its connections, the least recently used
+one closes its own (behind its queued jobs, exactly as an idle close); its next job opens
+them again.  An active user pays a reopen (a few hundred microseconds, in a worker thread)
+only when more than ``OPEN_MAX`` users were active since its last job.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +78,13 @@ def sqlite_pool() -> WorkerPool:
 
 IDLE_CLOSE_AFTER = 10.0
 """Seconds without a job after which a database's connections are closed."""
+
+OPEN_MAX = 16
+"""Databases whose connections stay open at once, per process (least recently used
+beyond it are closed; see the module docstring)."""
+
+_open_dbs: collections.OrderedDict[int, weakref.ref[IndexDB]] = collections.OrderedDict()
+"""Databases with open (or opening) connections, least recently used first."""
 
 _connections_made = itertools.count(1)
 
@@ -121,7 +136,9 @@ class _Serial:
         self.opener = opener
         self.conn = conn  # None while closed: the next job opens it
         self.transactions = transactions
-        self._jobs: collections.deque[_Job] = collections.deque()
+        # (A list, not a deque: a queue is a few jobs long, and an empty deque costs
+        # 600 bytes, twice per user logged in.)
+        self._jobs: list[_Job] = []
         self._lock = threading.Lock()
         self._running = False
 
@@ -159,7 +176,7 @@ class _Serial:
                 if not self._jobs:
                     self._running = False
                     return
-                fn, future, transaction = self._jobs.popleft()
+                fn, future, transaction = self._jobs.pop(0)
             if future.cancelled():
                 continue
             try:
@@ -208,7 +225,9 @@ class IndexDB:
         self.idle_close_after = IDLE_CLOSE_AFTER
         self._last_job = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
         self._connected = True
+        _note_open(self)
 
     @property
     def change_generation(self) -> int | None:
@@ -247,6 +266,7 @@ class IndexDB:
         loop = asyncio.get_running_loop()
         self._last_job = loop.time()
         self._connected = True
+        _note_open(self)
         if self._idle_timer is None and not self._closed:
             self._idle_timer = loop.call_later(self.idle_close_after, self._close_if_idle)
 
@@ -259,7 +279,15 @@ class IndexDB:
         if left > 0:
             self._idle_timer = loop.call_later(left, self._close_if_idle)
             return
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Queue closing both connections (behind queued jobs; the next job reopens)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._connected = False
+        _open_dbs.pop(id(self), None)
         for serial in (self._writer, self._reader):
             serial.close_when_idle().add_done_callback(_log_close_failure)
         _give_memory_back_soon()
@@ -288,6 +316,7 @@ class IndexDB:
         if self._closed:
             return
         self._closed = True
+        _open_dbs.pop(id(self), None)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -295,6 +324,23 @@ class IndexDB:
             self._changes.close()
         # Queued last on each connection: jobs already queued run first.
         await asyncio.gather(self._writer.close_when_idle(), self._reader.close_when_idle())
+
+
+def _note_open(db: IndexDB) -> None:
+    """``db`` has (or is about to have) open connections and was just used: make it the
+    most recently used, and disconnect the least recently used beyond ``OPEN_MAX``."""
+    key = id(db)
+    ref = _open_dbs.get(key)
+    if ref is not None and ref() is db:
+        _open_dbs.move_to_end(key)
+        return
+    _open_dbs[key] = weakref.ref(db)
+    while len(_open_dbs) > OPEN_MAX:
+        _key, ref = _open_dbs.popitem(last=False)
+        victim = ref()
+        # A database of another (finished) loop cannot queue a close here: just forget it.
+        if victim is not None and not victim._closed and victim._loop is db._loop:
+            victim._disconnect()
 
 
 TRIM_DELAY = 1.0
