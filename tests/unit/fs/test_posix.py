@@ -155,6 +155,30 @@ async def test_cold_reads_go_to_the_workers(tmp_path: Path) -> None:
     await fs.aclose()
 
 
+@pytest.mark.parametrize("backend", ["posix", "uring"])
+async def test_a_cancelled_reader_does_not_strand_others_at_its_offset(
+    tmp_path: Path, backend: str
+) -> None:
+    # The reader that starts an engine read awaits it directly; one that asks for the
+    # same offset meanwhile waits for the input notification.  Cancelling the first must
+    # neither strand the second nor lose the data for a later reader.
+    fs = open_fs(backend, root=str(tmp_path), nowait_reads=False)
+    data = os.urandom(1 << 20)
+    (tmp_path / "big").write_bytes(data)
+    h = fs.open("big")
+    await h.wait_open()
+    first = asyncio.ensure_future(h.read(4096, 8192))
+    await asyncio.sleep(0)  # the first read is started and awaited
+    second = asyncio.ensure_future(h.read(4096, 8192))  # finds it in progress: waits
+    first.cancel()  # (cancels the engine read at once, before it can complete)
+    assert await asyncio.wait_for(second, 5) == data[8192 : 8192 + 4096]
+    assert first.cancelled()
+    assert await h.read(4096, 8192) == data[8192 : 8192 + 4096]
+    assert await h.read(100, len(data) - 50) == data[-50:]
+    await h.aclose()
+    await fs.aclose()
+
+
 async def test_small_files_are_read_whole_by_the_open(tmp_path: Path) -> None:
     (tmp_path / "small").write_bytes(b"s" * 1000)
     fs = posix(tmp_path)

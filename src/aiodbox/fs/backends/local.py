@@ -370,6 +370,39 @@ class LocalHandle(FileHandle):
     # ------------------------------------------------------------------ read
 
     def pread(self, size: int, offset: int) -> bytes:
+        res = self._pread(size, offset)
+        if isinstance(res, bytes):
+            return res
+        raise BlockingIOError(errno.EAGAIN, "read started")
+
+    async def read(self, size: int, offset: int) -> bytes:
+        """:meth:`FileHandle.read`, awaiting a read it starts itself directly (without the
+        input notifications other readers of the offset wait for)."""
+        while True:
+            try:
+                res = self._pread(size, offset)
+            except BlockingIOError:
+                self._ready_streak = 0
+                await self._wait(lambda cb: self.on_next_input(cb, offset))
+                continue
+            if isinstance(res, bytes):
+                self._ready_streak += 1
+                if self._ready_streak >= 32:
+                    self._ready_streak = 0
+                    await asyncio.sleep(0)
+                return res
+            self._ready_streak = 0
+            try:
+                await res  # _on_read runs first: the data (or error) is kept for _pread
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # recorded by _on_read, raised by _pread
+                pass
+
+    def _pread(self, size: int, offset: int) -> bytes | asyncio.Future[bytes]:
+        """Bytes at once, or the future of the engine read this call started (its
+        result reaches ``_ready`` or ``_read_errors`` first); raises
+        ``BlockingIOError`` when the caller must wait for input notifications."""
         self._check_usable("pread")
         if size < 0 or offset < 0:
             raise ValueError("size and offset must be >= 0")
@@ -420,7 +453,7 @@ class LocalHandle(FileHandle):
             self._reads_inflight[offset] = size
             fs.engine_reads += 1
             res.add_done_callback(lambda f: self._on_read(offset, f))
-            raise BlockingIOError(errno.EAGAIN, "read started")
+            return res
         if fs.nowait_reads and eng.nowait_reads and fs.inline_worth_trying():
             size = min(size, INLINE_READ_MAX)
             if fs.inline_budget.take(size):
@@ -444,8 +477,9 @@ class LocalHandle(FileHandle):
         self._next_sequential = offset + length
         self._reads_inflight[offset] = length
         fs.engine_reads += 1
-        self._engine.pread(fd, length, offset).add_done_callback(lambda f: self._on_read(offset, f))
-        raise BlockingIOError(errno.EAGAIN, "read started")
+        fut = self._engine.pread(fd, length, offset)
+        fut.add_done_callback(lambda f: self._on_read(offset, f))
+        return fut
 
     def _wake_next_tick(self) -> None:
         if not self._wake_scheduled:
@@ -458,6 +492,9 @@ class LocalHandle(FileHandle):
 
     def _on_read(self, offset: int, fut: asyncio.Future[bytes]) -> None:
         self._reads_inflight.pop(offset, None)
+        if fut.cancelled():  # its reader gave up: others waiting there start their own
+            self._notify_input(offset, offset + 1)
+            return
         exc = fut.exception()
         end = offset + 1
         if exc is not None:
@@ -904,6 +941,26 @@ class LocalFS(FS):
         if data is not None:
             budget.bytes += len(data)
         return data
+
+    async def read_file(self, path: str) -> bytes:
+        """See :meth:`FS.read_file`: a small file is one engine job (io_uring: one linked
+        open + read + close), or read on the loop when cached; no handle."""
+        norm = paths.normalize("open", path)
+        limit = self.small_file_size
+        try:
+            data = self._read_small_now(norm, limit)
+        except BlockingIOError:
+            try:
+                opened = await self.engine.open_read(norm, limit)
+            except (OSError, RuntimeError) as e:  # (RuntimeError: the FS was closed)
+                raise _as_fs_error("open", path, e) from e
+            if opened.fd is not None:
+                await self.engine.close([opened.fd])
+            else:
+                data = opened.data
+        if data is not None:
+            return data
+        return await super().read_file(path)  # large: read in parts through a handle
 
     async def read_small_files(
         self, paths: Sequence[str], limit: int
