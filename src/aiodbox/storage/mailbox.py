@@ -362,7 +362,7 @@ class Transaction:
             turns.append((mbox.info.id, first))
         if copy_records and dest is not None:
             turns.append((dest.info.id, dest_first))
-        with user.uid_order.reserved(turns):
+        with user.uid_order.reserved(turns, pending_ids):
             # 3. message data under final names, durable
             saved_uids = explicit or list(range(first, first + n_saves))
             handles = [s.handle for s in self._saves]
@@ -377,8 +377,13 @@ class Transaction:
             flag_changes = self._flags
             save_date = int(time.time())
 
+            own_rows = frozenset(pending_ids)
+            live_rows = user.uid_order.live_rows
+
             def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
-                if wait_for_others and _lower_reservations_elsewhere(conn, turns):
+                if wait_for_others and _lower_reservations_pending(
+                    conn, turns, own_rows, live_rows
+                ):
                     raise _LowerUidsPending
                 modseq = 0
                 modified: list[int] = []
@@ -439,7 +444,7 @@ class Transaction:
 
             try:
                 await user.uid_order.wait_turns(turns)  # this process's lower UIDs first
-                modseq, modified = await _write_in_turn(user, apply)
+                modseq, modified = await _write_in_turn(user, apply, turns)
             except BaseException:
                 await fmt.discard_committed(mbox.info, locations)
                 raise
@@ -469,26 +474,41 @@ class _LowerUidsPending(Exception):
     """A live process holds lower UIDs of the mailbox: try the index step again soon."""
 
 
-def _lower_reservations_elsewhere(conn: sqlite3.Connection, turns: list[tuple[int, int]]) -> bool:
-    """Whether another live process reserved UIDs below ``turns`` and is still saving."""
+def _lower_reservations_pending(
+    conn: sqlite3.Connection,
+    turns: list[tuple[int, int]],
+    own_rows: frozenset[int],
+    live_rows: set[int],
+) -> bool:
+    """Whether UIDs below ``turns`` are reserved and still being saved: by a live other
+    process, or by another transaction of this process (its rows are in ``live_rows``)."""
     own = os.getpid()
     since = time.time() - PENDING_STALE_AFTER
+    alive: dict[int, bool] = {}
     for mailbox_id, first_uid in turns:
-        for (pid,) in conn.execute(
-            "SELECT DISTINCT pid FROM pending"
-            " WHERE mailbox_id = ? AND uid < ? AND pid != ? AND started > ?",
-            (mailbox_id, first_uid, own, since),
+        for row_id, pid in conn.execute(
+            "SELECT id, pid FROM pending WHERE mailbox_id = ? AND uid < ? AND started > ?",
+            (mailbox_id, first_uid, since),
         ):
-            if pid_alive(pid):
+            if row_id in own_rows:
+                continue
+            if pid == own:
+                if row_id in live_rows:
+                    return True
+            elif alive.setdefault(pid, pid_alive(pid)):
                 return True
     return False
 
 
 async def _write_in_turn(
-    user: User, apply: Callable[[sqlite3.Connection, bool], tuple[int, list[int]]]
+    user: User,
+    apply: Callable[[sqlite3.Connection, bool], tuple[int, list[int]]],
+    turns: list[tuple[int, int]],
 ) -> tuple[int, list[int]]:
-    """Run ``apply`` as an index write once no other process holds lower UIDs (retried
-    with a growing pause, at most :data:`OTHER_PROCESS_WAIT_LIMIT` seconds)."""
+    """Queue ``apply`` as an index write (letting this process's later transactions queue
+    theirs behind it); it goes ahead once no lower UIDs are still being saved, and is
+    retried with a growing pause until then (at most :data:`OTHER_PROCESS_WAIT_LIMIT`
+    seconds)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + OTHER_PROCESS_WAIT_LIMIT
     pause = 0.002
@@ -499,6 +519,8 @@ async def _write_in_turn(
             return apply(conn, wait)
 
         try:
+            # The transactions this wakes run only after the await below queued this job.
+            user.uid_order.queued(turns)
             return await user.db.write(attempt)
         except _LowerUidsPending:
             await asyncio.sleep(pause)

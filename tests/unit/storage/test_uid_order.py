@@ -169,3 +169,70 @@ async def test_a_transaction_saving_and_copying_into_one_mailbox_does_not_wait_f
     assert list(box.view.uids) == [1, 2, 3]
     await box.close()
     await user.close()
+
+
+@pytest.mark.parametrize("fmt", ["sdbox", "mdbox"])
+async def test_a_later_index_job_queued_behind_a_deferred_one_stays_behind(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A later transaction queues its index job as soon as the earlier one queued its
+    # own (the writer runs them in order).  If the earlier job then cannot go ahead (here:
+    # it is told a live other process holds lower UIDs, which is gone a moment later),
+    # the later job, which runs right after it, must not go ahead either: the earlier
+    # transaction's pending row is live in this process.
+    storage, _ = make_storage(tmp_path, fmt, "posix")
+    user = await storage.user("u")
+    view_box = await user.open_mailbox("INBOX")
+    original = mailbox_module._lower_reservations_pending
+    answers: list[tuple[list[tuple[int, int]], bool]] = []
+
+    def checked(conn: sqlite3.Connection, turns: Any, own: Any, live: Any) -> bool:
+        if not answers:  # the first check: UID 1's job, deferred once
+            answers.append((list(turns), True))
+            return True
+        result = original(conn, turns, own, live)
+        answers.append((list(turns), result))
+        return result
+
+    monkeypatch.setattr(mailbox_module, "_lower_reservations_pending", checked)
+    first = view_box.transaction()
+    await first.save(simple_message(1))
+    second = view_box.transaction()
+    await second.save(simple_message(2))
+    results = await asyncio.gather(first.commit(), second.commit())
+    assert [r.saved_uids for r in results] == [[1], [2]]
+    first_uids = [turns[0][1] for turns, _ in answers]
+    # UID 2's job ran right after UID 1's deferred one, and saw UID 1 still pending.
+    assert first_uids[:2] == [1, 2] and answers[1][1] is True, answers
+    # Neither went ahead before UID 1 did.
+    went_ahead = [u for u, (_, held) in zip(first_uids, answers, strict=True) if not held]
+    assert went_ahead[0] == 1
+    await view_box.sync()
+    assert list(view_box.view.uids) == [1, 2]
+    await view_box.close()
+    await user.close()
+
+
+def test_which_pending_rows_hold_back_an_index_job(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "t.sqlite")
+    conn.execute("CREATE TABLE pending (id INTEGER PRIMARY KEY, mailbox_id, uid, pid, started)")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    now = time.time()
+    rows = [
+        (1, 7, 1, os.getpid(), now),  # this process, live transaction
+        (2, 7, 2, os.getpid(), now),  # this process, given up / leftover
+        (3, 7, 3, dead.pid, now),  # a dead process
+        (4, 7, 4, os.getppid(), now - 3600),  # a live process, but stale
+        (5, 8, 1, os.getppid(), now),  # another mailbox
+        (6, 7, 9, os.getpid(), now),  # the job's own row
+    ]
+    conn.executemany("INSERT INTO pending VALUES (?, ?, ?, ?, ?)", rows)
+    check = mailbox_module._lower_reservations_pending
+    turns = [(7, 10)]
+    assert check(conn, turns, frozenset({6}), {1, 6}) is True
+    assert check(conn, turns, frozenset({6}), {6}) is False
+    assert check(conn, [(7, 1)], frozenset(), {1}) is False  # nothing below UID 1
+    conn.execute("INSERT INTO pending VALUES (7, 7, 5, ?, ?)", (os.getppid(), now))
+    assert check(conn, turns, frozenset({6}), set()) is True  # a live other process
+    conn.close()
