@@ -7,7 +7,9 @@ in PREAUTH mode where the RFCs leave room).  Each test runs over sdbox and mdbox
 from __future__ import annotations
 
 import base64
+import errno
 import re
+from typing import Any
 
 import pytest
 
@@ -423,6 +425,41 @@ async def test_multiappend_and_literal_plus(env: Env) -> None:
         b"* 2 FETCH (FLAGS (\\Recent) BODY[] {%d}\r\n%s)" % (len(m2), m2),
         b"* 3 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}\r\n%s)" % (len(m3), m3),
     ]
+    await c.logout()
+
+
+async def test_an_io_error_in_the_middle_of_an_append_consumes_its_literals(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The storage fails to start the second message (as an mdbox file create that met
+    # EEXIST did): its literal and the third message's bytes must still be read as
+    # APPEND data, never as commands, and nothing of the APPEND is saved.
+    from aiodbox.storage.mailbox import Transaction
+
+    real_save = Transaction.save
+    calls = []
+
+    async def failing_second(self: Transaction, source: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "simulated I/O error")
+        return await real_save(self, source, **kwargs)
+
+    monkeypatch.setattr(Transaction, "save", failing_second)
+    c = await env.client(login="alice")
+    m1, m2, m3 = simple(1), b"x NOOP\r\n" * 50, simple(3)
+    await c.send_raw(
+        b"a1 APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n"
+        % (len(m1), m1, len(m2), m2, len(m3), m3)
+    )
+    resp = await c.read_until("a1")
+    assert resp.tagged == (
+        b"a1 NO [SERVERBUG] Internal error occurred. Refer to server log for more information."
+    )
+    assert resp.untagged == []  # the second literal was not read as 50 NOOPs
+    assert any("simulated I/O error" in (r.exc_text or "") for r in caplog.records)
+    resp = await c.ok("STATUS INBOX (MESSAGES)")
+    assert resp.untagged == [b'* STATUS "INBOX" (MESSAGES 0)']
     await c.logout()
 
 

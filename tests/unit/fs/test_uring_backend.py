@@ -729,3 +729,32 @@ async def test_small_files_are_read_together_in_one_submission(fs: LocalFS, tmp_
     assert isinstance(got[4], IsADirectoryError)
     assert ring.stats.submits - submits == 1  # five chains, one io_uring_enter
     assert open_fds() == fds
+
+
+async def test_a_create_whose_directory_appeared_meanwhile_keeps_its_temp_file(
+    fs: LocalFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A create opens its directory and creates the temp file in one submission, two
+    # unlinked operations.  When another create makes the missing directory between them,
+    # the directory open fails (ENOENT) but the file is created: the retry must keep that
+    # file, not create the same temp name again (EEXIST: the create failed, and with it
+    # the first save of four sessions appending to a new mdbox user).
+    (tmp_path / "root" / "d").mkdir()
+    await fs.write_file("first", b"")  # the root is open: creates take the one-submission way
+    eng = engine_of(fs).ring_engine()
+    real = eng.ring.prep_openat2
+    raced = []
+
+    def directory_not_yet_there(token: Any, path: bytes, flags: int, *a: Any, **k: Any) -> int:
+        op, step = token
+        chain = step == 0 and len(op.results) == 2
+        if chain and path == b"d" and flags & os.O_DIRECTORY and not raced:
+            raced.append(path)
+            path = b"not-yet"  # as if the directory did not exist when this step ran
+        return real(token, path, flags, *a, **k)
+
+    monkeypatch.setattr(eng.ring, "prep_openat2", directory_not_yet_there)
+    await fs.write_file("d/f", b"data")
+    assert raced == [b"d"]
+    assert (tmp_path / "root" / "d" / "f").read_bytes() == b"data"
+    assert os.listdir(tmp_path / "root" / "d") == ["f"]  # no temp file left behind

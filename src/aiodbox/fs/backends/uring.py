@@ -909,21 +909,37 @@ class UringFileEngine(Engine):
             if dres >= 0 and fres >= 0:
                 self._temp_dirs[fres] = dres
                 return fres
-            self._orphan_fds(results)
             if dres == -errno.ENOENT:  # the directory is missing: make it, then retry
+                # (The two opens are not linked: if another create made the directory in
+                # between, the file open found it and created the temp file.  Keep it.)
+                made = None if fres < 0 else fres
                 slow = self._task(
-                    self._create_temp_slow(directory, temp_name, perms), self._orphan_temp
+                    self._create_temp_slow(directory, temp_name, perms, made),
+                    self._orphan_temp,
                 )
                 slow.add_done_callback(lambda s: _relay(s, out, self._orphan_temp))
                 return DEFERRED
+            self._orphan_fds(results)
             err = dres if dres < 0 else fres
             what = directory if dres < 0 else paths.join(directory, temp_name)
             raise _open_error("create", what, -err)
 
         return eng.start(2, prep, finish, on_orphan=self._orphan_fds, into=out)
 
-    async def _create_temp_slow(self, directory: str, temp_name: str, perms: Perms) -> int:
-        dfd = await self._makedirs("create", directory, perms)
+    async def _create_temp_slow(
+        self, directory: str, temp_name: str, perms: Perms, made: int | None = None
+    ) -> int:
+        """Create missing directories, then the temp file (``made``: already created,
+        by a chain whose directory open failed; it is closed if this fails)."""
+        try:
+            dfd = await self._makedirs("create", directory, perms)
+        except BaseException:
+            if made is not None:
+                self._close_soon(made)
+            raise
+        if made is not None:
+            self._temp_dirs[made] = dfd
+            return made
         try:
             fd = await self._open_at(
                 "create", temp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL, perms.mode, dfd=dfd

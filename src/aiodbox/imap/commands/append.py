@@ -133,6 +133,16 @@ async def _receive(
                 await literal.skip()
             await _skip_rest(conn)
             return no(str(exc) or "Save failed.", _code(exc))
+        except ConnectionLost:
+            raise
+        except Exception:
+            # An I/O error or a bug: the rest of the command's bytes are still consumed
+            # (else they would be read as commands), then the command's error handler
+            # logs it and answers NO [SERVERBUG].
+            if not literal.done:
+                await literal.skip()
+            await _skip_rest(conn)
+            raise
         next_event = await conn.next_event()
         if isinstance(next_event, AppendEnd):
             return None
