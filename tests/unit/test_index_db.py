@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,3 +284,71 @@ async def test_beyond_open_max_the_least_recently_used_database_disconnects(
     for db in dbs:
         await db.close()
     assert _open_fds_to(tmp_path) == 0
+
+
+async def _queued_together(
+    db: IndexDB, jobs: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any]:
+    """Queue ``jobs`` on the writer while it is busy with another one, so that they run
+    as one group; return their outcomes (result or exception)."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(db.write(lambda conn: gate.wait(5)))
+    await asyncio.sleep(0.05)  # the writer is inside the gate job
+    futures = [asyncio.ensure_future(db.write(fn)) for fn in jobs]
+    await asyncio.sleep(0)  # every job is queued
+    gate.set()
+    await busy
+    return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+def _raise(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO t (k, v) VALUES (100, 'undone')")
+    raise ValueError("this job fails")
+
+
+async def test_writes_queued_together_commit_together_and_a_failing_one_alone_is_undone(
+    tmp_path: Path,
+) -> None:
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    await db.write(_make_table)
+    statements: list[str] = []
+
+    def trace(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(statements.append)
+
+    await db.write(trace)
+    outcomes = await _queued_together(db, [_insert(1), _raise, _insert(3)])
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    assert isinstance(outcomes[1], ValueError)
+    assert await db.read(_keys) == [1, 3]  # the failing job's insert was undone alone
+    # One transaction for the three, after the gate job's (the trace job's COMMIT, the
+    # first statement traced, is the one before).
+    assert statements.count("BEGIN IMMEDIATE") == 2
+    assert statements.count("COMMIT") == 3
+    group = statements[statements.index("BEGIN IMMEDIATE", 2) :]
+    assert group[0] == "BEGIN IMMEDIATE" and group[-1] == "COMMIT"
+    assert group.count("SAVEPOINT job") == 3 and "ROLLBACK TO job" in group
+    await db.close()
+
+
+async def test_a_job_that_ends_the_group_transaction_fails_those_before_it_only(
+    tmp_path: Path,
+) -> None:
+    # A job after which SQLite has no transaction left (an error that rolls everything
+    # back): the group's earlier work is lost, so those jobs fail too; the jobs after it
+    # run again in a new transaction.
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    await db.write(_make_table)
+
+    def ends_everything(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k, v) VALUES (2, 'lost')")
+        conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    outcomes = await _queued_together(db, [_insert(1), ends_everything, _insert(3)])
+    assert isinstance(outcomes[0], sqlite3.OperationalError)
+    assert isinstance(outcomes[1], sqlite3.OperationalError)
+    assert outcomes[2] == 3
+    assert await db.read(_keys) == [3]
+    assert await db.write(_insert(4)) == 4  # the writer goes on normally
+    await db.close()

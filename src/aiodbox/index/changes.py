@@ -15,6 +15,11 @@ checked at; an unchanged generation means nothing was committed since, and only 
 changed one costs the SQLite round trip.  (Writes through shared memory, like the
 ``-shm`` read marks, make no inotify events and need none.)
 
+A second counter, ``list_generation``, grows with writes to the marker file
+``mailboxes.changed`` in the same directory, which every process writes *after* it
+committed a change to the mailbox list (create, delete, rename, a new GUID): a cache
+of mailbox names can then be trusted while it is unchanged.
+
 inotify sees local filesystems only; the index root is local by design (DESIGN.md §5).
 Where inotify is missing or out of watches, :func:`watch_directory` returns None and
 callers fall back to asking SQLite every time.
@@ -44,6 +49,9 @@ _IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")
 _WATCH_MASK = _IN_MODIFY | _IN_CREATE | _IN_DELETE | _IN_MOVED_TO
 _NAME_PREFIX = b"index.sqlite"
+LIST_MARKER = "mailboxes.changed"
+"""Written after every committed change of the mailbox list (see the module docstring)."""
+_LIST_MARKER = LIST_MARKER.encode()
 
 
 @dataclass
@@ -52,6 +60,7 @@ class DirectoryChanges:
 
     directory: str
     generation: int = 0
+    list_generation: int = 0
     alive: bool = True
     wd: int = -1
     _watcher: _Watcher | None = field(default=None, repr=False)
@@ -66,6 +75,12 @@ class DirectoryChanges:
         if self._watcher is not None:
             self._watcher.drain()
         return self.generation
+
+    def current_list(self) -> int:
+        """``list_generation`` including every marker write completed before this call."""
+        if self._watcher is not None:
+            self._watcher.drain()
+        return self.list_generation
 
     def close(self) -> None:
         """Stop watching (the generation stays)."""
@@ -149,16 +164,21 @@ class _Watcher:
                     for c in listeners:
                         c.alive = False
                         c.generation += 1
+                        c.list_generation += 1
                     self.by_wd.pop(wd, None)
                     continue
                 if name.startswith(_NAME_PREFIX) and not name.endswith(b"-shm"):
                     for c in listeners:
                         c.generation += 1
+                elif name == _LIST_MARKER:
+                    for c in listeners:
+                        c.list_generation += 1
 
     def _bump_all(self) -> None:
         for listeners in self.by_wd.values():
             for c in listeners:
                 c.generation += 1
+                c.list_generation += 1
 
     def _fail_all(self) -> None:
         self.close()

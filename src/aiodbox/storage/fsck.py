@@ -197,6 +197,7 @@ class Fsck:
                 )
 
             await user.db.write(adopt)
+            await user.mailbox_list_changed()
             await user._remove_dir(user.mailbox_dir(existing.guid))  # the empty newcomer
             self._did(f"mailbox {name!r} took the GUID and UIDVALIDITY of its files")
         else:

@@ -170,6 +170,9 @@ class User:
         """This process's transactions between reserving UIDs and making them visible."""
         self._mailboxes: dict[int, Mailbox] = {}
         self._mailbox_lock = asyncio.Lock()
+        # name -> (info, the index's list_generation before it was read): which mailbox
+        # a name means, for saving into it (see _identity)
+        self._identities: dict[str, tuple[MailboxInfo, int]] = {}
 
     # ----------------------------------------------------------- paths
 
@@ -207,6 +210,34 @@ class User:
             raise MailboxNotFound(f"mailbox {norm!r} does not exist")
         return info
 
+    async def _identity(self, name: str) -> MailboxInfo:
+        """:meth:`get_mailbox_info`, from a cache while no process changed the mailbox
+        list since (see :attr:`IndexDB.list_generation`).  Only the identity fields
+        (``id``, ``name``, ``guid``, ``uidvalidity``, ``special_use``) are current; for
+        saving into the mailbox, which reads the rest from the index.
+
+        A list change committed before this call is always seen (the process that made
+        it wrote the marker before answering its client).
+        """
+        norm = names.normalize(name)
+        generation = self.db.list_generation
+        if generation is None:
+            return await self.get_mailbox_info(norm)
+        cached = self._identities.get(norm)
+        if cached is not None and cached[1] == generation:
+            return cached[0]
+        info = await self.get_mailbox_info(norm)
+        if len(self._identities) >= IDENTITY_CACHE_SIZE:
+            self._identities.clear()
+        self._identities[norm] = (info, generation)
+        return info
+
+    async def mailbox_list_changed(self) -> None:
+        """After a committed change of the mailbox list: forget the names known here and
+        tell other processes (:meth:`IndexDB.list_changed`)."""
+        self._identities.clear()
+        await self.db.list_changed()
+
     async def create_mailbox(
         self,
         name: str,
@@ -243,6 +274,7 @@ class User:
             return MailboxInfo(cur.lastrowid, norm, mbox_guid, validity, uidnext, 1, special_use)
 
         info = await self.db.write(tx)
+        await self.mailbox_list_changed()
         await self._write_box_file(info)
         return info
 
@@ -301,6 +333,7 @@ class User:
             return rows
 
         await self.db.write(tx)
+        await self.mailbox_list_changed()
         mbox = self._mailboxes.pop(info.id, None)
         if mbox is not None:
             mbox.mark_deleted()
@@ -350,6 +383,7 @@ class User:
             return moved
 
         moved = await self.db.write(tx)
+        await self.mailbox_list_changed()
         for mi in moved:
             await self._write_box_file(mi)
             mbox = self._mailboxes.get(mi.id)
@@ -439,6 +473,7 @@ class User:
             conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (info.id,))
 
         await self.db.write(tx)
+        await self.mailbox_list_changed()
         new = await self.get_mailbox_info(name)
         await self._write_box_file(new)
         if new.guid != info.guid:
@@ -513,7 +548,7 @@ class User:
         mailbox has no view to read from and does not refresh one after commits.
         Call :meth:`Mailbox.close` when done.
         """
-        info = await self.get_mailbox_info(name)
+        info = await (self.get_mailbox_info(name) if load_view else self._identity(name))
         async with self._mailbox_lock:
             mbox = self._mailboxes.get(info.id)
             if mbox is None and not load_view:
@@ -537,6 +572,10 @@ class User:
     async def close(self) -> None:
         """Close the index."""
         await self.db.close()
+
+
+IDENTITY_CACHE_SIZE = 64
+"""Mailbox names a user remembers for saving (the cache is emptied when full)."""
 
 
 def _next_uidvalidity(conn: sqlite3.Connection) -> int:

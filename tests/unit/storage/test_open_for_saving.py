@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from aiodbox.storage.errors import MailboxNotFound
+from aiodbox.storage.storage import MailboxInfo
+
 from .storage_testlib import fill, make_storage, simple_message
 
 
@@ -44,4 +47,56 @@ async def test_saving_without_a_view_reads_no_rows_and_shared_views_see_it(
     assert len(reader.view.uids) == 32
     await again.close()
     await reader.close()
+    await user.close()
+
+
+async def test_saving_remembers_which_mailbox_a_name_means_until_the_list_changes(
+    tmp_path: Path,
+) -> None:
+    # Opening for saving looks the name up once; another process's (here: another
+    # Storage's) create, rename or delete is seen by the next open, never a stale id.
+    storage, _ = make_storage(tmp_path, "sdbox", "posix")
+    other_storage, _ = make_storage(tmp_path, "sdbox", "posix")
+    user = await storage.user("u")
+    other = await other_storage.user("u")
+    await user.create_mailbox("Work")
+    lookups = []
+    real = user.get_mailbox_info
+
+    async def counted(name: str) -> MailboxInfo:
+        lookups.append(name)
+        return await real(name)
+
+    user.get_mailbox_info = counted  # type: ignore[method-assign]
+
+    async def open_for_saving(name: str) -> MailboxInfo:
+        mbox = await user.open_mailbox(name, load_view=False)
+        info = mbox.info
+        await mbox.close()
+        return info
+
+    work = await open_for_saving("Work")
+    assert await open_for_saving("Work") == work
+    await fill(await user.open_mailbox("Work", load_view=False), [simple_message(1)])
+    assert await open_for_saving("Work") == work
+    assert lookups == ["Work"]  # saving (an index write) did not forget the name
+
+    await other.rename_mailbox("Work", "Old")
+    with pytest.raises(MailboxNotFound):
+        await open_for_saving("Work")
+    assert (await open_for_saving("Old")).id == work.id
+
+    await other.create_mailbox("Work")  # a new mailbox under the old name
+    new_work = await open_for_saving("Work")
+    assert new_work.id != work.id and new_work.guid != work.guid
+
+    await other.delete_mailbox("Work")
+    with pytest.raises(MailboxNotFound):
+        await open_for_saving("Work")
+
+    await user.rename_mailbox("Old", "Work")  # this process's own change, at once
+    assert (await open_for_saving("Work")).id == work.id
+    with pytest.raises(MailboxNotFound):
+        await open_for_saving("Old")
+    await other.close()
     await user.close()
