@@ -438,10 +438,18 @@ class IndexDB:
 
 
 def _touch(marker: Path) -> None:
-    with open(marker, "ab") as f:
-        f.write(b".")
-        if f.tell() > 4096:  # (a write is what inotify reports; the content is unused)
-            f.truncate(0)
+    try:
+        with open(marker, "ab") as f:
+            f.write(b".")
+            if f.tell() > 4096:  # (a write is what inotify reports; the content is unused)
+                f.truncate(0)
+    except OSError as e:  # the change itself is committed: report, do not fail it
+        log.error(
+            "could not write %s (%s): other processes may go on using mailbox names "
+            "they remembered before this change",
+            marker,
+            e,
+        )
 
 
 def _note_open(db: IndexDB) -> None:

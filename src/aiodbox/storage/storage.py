@@ -170,9 +170,9 @@ class User:
         """This process's transactions between reserving UIDs and making them visible."""
         self._mailboxes: dict[int, Mailbox] = {}
         self._mailbox_lock = asyncio.Lock()
-        # name -> (info, the index's list_generation before it was read): which mailbox
-        # a name means, for saving into it (see _identity)
-        self._identities: dict[str, tuple[MailboxInfo, int]] = {}
+        # name -> (info, the index's list_generation before it was read, when): which
+        # mailbox a name means, for saving into it (see _identity)
+        self._identities: dict[str, tuple[MailboxInfo, int, float]] = {}
 
     # ----------------------------------------------------------- paths
 
@@ -223,13 +223,14 @@ class User:
         generation = self.db.list_generation
         if generation is None:
             return await self.get_mailbox_info(norm)
+        now = time.monotonic()
         cached = self._identities.get(norm)
-        if cached is not None and cached[1] == generation:
+        if cached is not None and cached[1] == generation and now - cached[2] < IDENTITY_TTL:
             return cached[0]
         info = await self.get_mailbox_info(norm)
         if len(self._identities) >= IDENTITY_CACHE_SIZE:
             self._identities.clear()
-        self._identities[norm] = (info, generation)
+        self._identities[norm] = (info, generation, now)
         return info
 
     async def mailbox_list_changed(self) -> None:
@@ -576,6 +577,9 @@ class User:
 
 IDENTITY_CACHE_SIZE = 64
 """Mailbox names a user remembers for saving (the cache is emptied when full)."""
+IDENTITY_TTL = 30.0
+"""Seconds a remembered name is trusted at most (a bound should a marker write have
+failed; normally the list generation says when it changed)."""
 
 
 def _next_uidvalidity(conn: sqlite3.Connection) -> int:
