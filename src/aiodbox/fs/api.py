@@ -339,16 +339,33 @@ class FileHandle(abc.ABC):
         """
         while True:
             try:
-                data = self.pread(size, offset)
+                data = self._pread_or_start(size, offset)
             except BlockingIOError:
                 self._ready_streak = 0
                 await self._wait(lambda cb: self.on_next_input(cb, offset))
+                continue
+            if not isinstance(data, bytes):  # a read this call started: await it itself
+                self._ready_streak = 0
+                try:
+                    await data  # its outcome is kept for the next pread at ``offset``
+                except asyncio.CancelledError:
+                    raise
+                except BaseException:  # (raised by that pread)
+                    pass
                 continue
             self._ready_streak += 1
             if self._ready_streak >= 32:
                 self._ready_streak = 0
                 await asyncio.sleep(0)
             return data
+
+    def _pread_or_start(self, size: int, offset: int) -> bytes | asyncio.Future[Any]:
+        """:meth:`pread`, or the future of the background read it started (a backend
+        may say so, to spare its reader an input notification and a second wake-up).
+
+        The read's outcome must be kept for the next :meth:`pread` at ``offset``.
+        """
+        return self.pread(size, offset)
 
     async def read_exactly(self, size: int, offset: int) -> bytes:
         """Await exactly ``size`` bytes at ``offset``.

@@ -370,38 +370,14 @@ class LocalHandle(FileHandle):
     # ------------------------------------------------------------------ read
 
     def pread(self, size: int, offset: int) -> bytes:
-        res = self._pread(size, offset)
+        res = self._pread_or_start(size, offset)
         if isinstance(res, bytes):
             return res
         raise BlockingIOError(errno.EAGAIN, "read started")
 
-    async def read(self, size: int, offset: int) -> bytes:
-        """:meth:`FileHandle.read`, awaiting a read it starts itself directly (without the
-        input notifications other readers of the offset wait for)."""
-        while True:
-            try:
-                res = self._pread(size, offset)
-            except BlockingIOError:
-                self._ready_streak = 0
-                await self._wait(lambda cb: self.on_next_input(cb, offset))
-                continue
-            if isinstance(res, bytes):
-                self._ready_streak += 1
-                if self._ready_streak >= 32:
-                    self._ready_streak = 0
-                    await asyncio.sleep(0)
-                return res
-            self._ready_streak = 0
-            try:
-                await res  # _on_read runs first: the data (or error) is kept for _pread
-            except asyncio.CancelledError:
-                raise
-            except BaseException:  # recorded by _on_read, raised by _pread
-                pass
-
-    def _pread(self, size: int, offset: int) -> bytes | asyncio.Future[bytes]:
+    def _pread_or_start(self, size: int, offset: int) -> bytes | asyncio.Future[bytes]:
         """Bytes at once, or the future of the engine read this call started (its
-        result reaches ``_ready`` or ``_read_errors`` first); raises
+        result reaches ``_ready`` or ``_read_errors`` first, see ``_on_read``); raises
         ``BlockingIOError`` when the caller must wait for input notifications."""
         self._check_usable("pread")
         if size < 0 or offset < 0:
