@@ -35,7 +35,8 @@ processes, see :meth:`Mailbox.claim_recent`) when it selects the mailbox and whe
 learns of new messages (before a command, or in IDLE before announcing them); the
 claimed UIDs are recent for that session only.  A read-only session claims nothing
 and sees every unclaimed message as recent.  ``* n RECENT`` goes out with ``EXISTS``
-(SELECT, and new messages).
+(SELECT, and new messages), and on its own when messages the client already knows
+became recent later (an IDLE that ended while its claim was still running).
 """
 
 from __future__ import annotations
@@ -294,6 +295,9 @@ class SelectedMailbox:
             out.append(r.exists_response(self.count))
             if self.recent_count() != self._recent_announced:
                 out.append(self.recent_response())
+        elif 0 <= self._recent_announced < self.recent_count():
+            # Claimed after their EXISTS went out (an IDLE that ended while claiming).
+            out.append(self.recent_response())
         return out
 
     def _expunges(self) -> list[bytes]:

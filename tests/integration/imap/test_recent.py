@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from aiodbox.config import StorageConfig
 from aiodbox.index.schema import MIGRATIONS, migrate
@@ -135,3 +138,42 @@ def test_an_index_of_schema_1_has_nothing_recent_after_the_upgrade(tmp_path: Pat
     assert migrate(conn) == 1
     assert conn.execute("SELECT first_recent_uid FROM mailboxes").fetchone() == (42,)
     conn.close()
+
+
+async def test_a_claim_still_running_when_idle_ends_is_announced_by_the_next_command(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # IDLE claims new messages before it announces them.  When DONE arrives while the
+    # claim is still running, EXISTS goes out without them counted as recent; once the
+    # claim is done, the next command tells the client the new RECENT count.
+    from aiodbox.storage.mailbox import Mailbox
+
+    c = await env.client(login="alice")
+    other = await env.client(login="alice")
+    await c.ok("SELECT INBOX")
+    gate = asyncio.Event()
+    claiming = asyncio.Event()
+    real_claim = Mailbox.claim_recent
+
+    async def slow_claim(self: Mailbox) -> Any:
+        claiming.set()
+        await gate.wait()
+        return await real_claim(self)
+
+    monkeypatch.setattr(Mailbox, "claim_recent", slow_claim)
+    await c.send_raw(b"i1 IDLE\r\n")
+    assert (await c.read_response_line()).startswith(b"+")
+    await _append(other, 1)
+    await asyncio.wait_for(claiming.wait(), 5)  # IDLE noticed the message, is claiming
+    await c.send_raw(b"DONE\r\n")
+    resp = await c.read_until("i1")
+    assert resp.tagged.startswith(b"i1 OK")
+    assert b"* 1 EXISTS" in resp.untagged
+    assert _count(resp.untagged, b"RECENT") in (None, 0)
+    gate.set()
+    await asyncio.sleep(0.1)  # the claim finishes
+    resp = await c.ok("NOOP")
+    assert resp.untagged == [b"* 1 RECENT"]
+    assert (await c.ok("FETCH 1 (FLAGS)")).untagged == [b"* 1 FETCH (FLAGS (\\Recent))"]
+    await other.logout()
+    await c.logout()
