@@ -352,3 +352,23 @@ async def test_a_job_that_ends_the_group_transaction_fails_those_before_it_only(
     assert await db.read(_keys) == [3]
     assert await db.write(_insert(4)) == 4  # the writer goes on normally
     await db.close()
+
+
+async def test_a_group_whose_connection_broke_fails_and_the_next_write_reopens(
+    tmp_path: Path,
+) -> None:
+    # Not even a ROLLBACK works on a broken connection: every job of the group gets an
+    # error (none hangs), and the next write runs on a new connection.
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    await db.write(_make_table)
+
+    def breaks_the_connection(conn: sqlite3.Connection) -> None:
+        conn.close()
+
+    outcomes = await asyncio.wait_for(
+        _queued_together(db, [_insert(1), breaks_the_connection, _insert(3)]), 10
+    )
+    assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
+    assert await db.write(_insert(4)) == 4
+    assert await db.read(_keys) == [4]
+    await db.close()

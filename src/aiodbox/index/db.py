@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -232,39 +233,47 @@ class _Serial:
             for _fn, future in jobs:
                 pool.complete(future, None, e)
             return
-        single = len(jobs) == 1
-        for i, (fn, future) in enumerate(jobs):
-            assert fn is not None
-            if future.cancelled():  # (while an earlier job of the group ran)
-                continue
-            if single:
+        try:
+            single = len(jobs) == 1
+            for i, (fn, future) in enumerate(jobs):
+                assert fn is not None
+                if future.cancelled():  # (while an earlier job of the group ran)
+                    continue
+                if single:
+                    try:
+                        outcomes.append((future, fn(conn), None))
+                    except BaseException as e:
+                        outcomes.append((future, None, e))
+                    break
                 try:
-                    outcomes.append((future, fn(conn), None))
+                    conn.execute("SAVEPOINT job")
+                    result = fn(conn)
+                    conn.execute("RELEASE job")
                 except BaseException as e:
+                    if not _undo_savepoint(conn):  # the whole transaction is gone
+                        self._fail_group(pool, outcomes, e, jobs[i + 1 :])
+                        pool.complete(future, None, e)
+                        return
                     outcomes.append((future, None, e))
-                break
-            conn.execute("SAVEPOINT job")
-            try:
-                result = fn(conn)
-            except BaseException as e:
-                if not _undo_savepoint(conn):  # SQLite ended the transaction itself
-                    self._fail_group(pool, outcomes, e, jobs[i + 1 :])
-                    pool.complete(future, None, e)
-                    return
-                outcomes.append((future, None, e))
-            else:
-                conn.execute("RELEASE job")
-                outcomes.append((future, result, None))
-        if all(e is not None for _f, _r, e in outcomes):
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        else:
-            try:
-                conn.execute("COMMIT")
-            except BaseException as e:
+                else:
+                    outcomes.append((future, result, None))
+            if all(e is not None for _f, _r, e in outcomes):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                outcomes = [(f, None, err or e) for f, _r, err in outcomes]
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException as e:
+                    outcomes = [(f, None, err or e) for f, _r, err in outcomes]
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+        except BaseException as e:  # ROLLBACK failed: start again on a new connection
+            self.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            outcomes = [(f, None, err or e) for f, _r, err in outcomes]
+            delivered = {id(f) for f, _r, _e in outcomes}
+            outcomes += [(f, None, e) for _fn, f in jobs if id(f) not in delivered]
         for future, result, error in outcomes:
             pool.complete(future, result, error)
 
