@@ -919,24 +919,14 @@ class LocalFS(FS):
         return data
 
     async def read_file(self, path: str) -> bytes:
-        """See :meth:`FS.read_file`: a small file is one engine job (io_uring: one linked
-        open + read + close), or read on the loop when cached; no handle."""
-        norm = paths.normalize("open", path)
-        limit = self.small_file_size
-        try:
-            data = self._read_small_now(norm, limit)
-        except BlockingIOError:
-            try:
-                opened = await self.engine.open_read(norm, limit)
-            except (OSError, RuntimeError) as e:  # (RuntimeError: the FS was closed)
-                raise _as_fs_error("open", path, e) from e
-            if opened.fd is not None:
-                await self.engine.close([opened.fd])
-            else:
-                data = opened.data
+        """See :meth:`FS.read_file`: a small file as :meth:`read_small_files` reads it (one
+        engine job, or on the loop when cached), no handle; a larger one in parts."""
+        (data,) = await self.read_small_files([path], self.small_file_size)
+        if isinstance(data, FsError):
+            raise data
         if data is not None:
             return data
-        return await super().read_file(path)  # large: read in parts through a handle
+        return await super().read_file(path)
 
     async def read_small_files(
         self, paths: Sequence[str], limit: int
@@ -957,10 +947,13 @@ class LocalFS(FS):
             except BlockingIOError:
                 todo.append((i, norm))
         if todo:
-            results = await self.engine.read_small([norm for _, norm in todo], limit)
+            try:
+                results = await self.engine.read_small([norm for _, norm in todo], limit)
+            except RuntimeError as e:  # the FS is closed: each read fails as an open would
+                results = [e] * len(todo)
             for (i, _norm), res in zip(todo, results, strict=True):
                 if isinstance(res, BaseException):
-                    if not isinstance(res, OSError):
+                    if not isinstance(res, (OSError, RuntimeError)):
                         raise res
                     out[i] = _as_fs_error("open", paths[i], res)
                 else:

@@ -128,20 +128,17 @@ async def _receive(
                 internal_tz=internal_tz or 0,
                 size_hint=event.size,
             )
-        except StorageError as exc:
-            if not literal.done:
-                await literal.skip()
-            await _skip_rest(conn)
-            return no(str(exc) or "Save failed.", _code(exc))
         except ConnectionLost:
             raise
-        except Exception:
-            # An I/O error or a bug: the rest of the command's bytes are still consumed
-            # (else they would be read as commands), then the command's error handler
-            # logs it and answers NO [SERVERBUG].
+        except Exception as exc:
+            # The rest of the command's bytes are consumed (else they would be read as
+            # commands).  An error other than the storage's (an I/O error, a bug) then
+            # goes to the command's error handler: logged, NO [SERVERBUG].
             if not literal.done:
                 await literal.skip()
             await _skip_rest(conn)
+            if isinstance(exc, StorageError):
+                return no(str(exc) or "Save failed.", _code(exc))
             raise
         next_event = await conn.next_event()
         if isinstance(next_event, AppendEnd):
