@@ -28,6 +28,21 @@ async def test_a_write_bumps_the_generation_at_once(tmp_path: Path) -> None:
     changes.close()
 
 
+async def test_a_waiter_wakes_when_the_index_is_written(tmp_path: Path) -> None:
+    changes = watch_directory(str(tmp_path))
+    assert changes is not None
+    seen = changes.current()
+    waiting = asyncio.ensure_future(changes.wait_past(seen, 60))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await asyncio.to_thread((tmp_path / "index.sqlite-wal").write_bytes, b"x")
+    await asyncio.wait_for(waiting, 10)  # woken by the write, not by the 60 s timeout
+    # A generation already past is not waited for; an unchanged one waits the timeout.
+    await asyncio.wait_for(changes.wait_past(seen, 60), 1)
+    await changes.wait_past(changes.current(), 0.01)
+    changes.close()
+
+
 async def test_sync_skips_sqlite_until_another_process_commits(tmp_path: Path) -> None:
     cfg = StorageConfig(
         format="sdbox", mail_root=tmp_path / "mail", index_root=tmp_path / "index", fs="memory"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import os
 import sqlite3
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from aiodbox.config import StorageConfig
 from aiodbox.index import db as db_module
-from aiodbox.index.db import IndexDB, sqlite_pool
+from aiodbox.index.db import WRITERS_LOCK_SUFFIX, IndexDB, sqlite_pool
 from aiodbox.storage import Storage
 
 
@@ -371,4 +372,25 @@ async def test_a_group_whose_connection_broke_fails_and_the_next_write_reopens(
     assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
     assert await db.write(_insert(4)) == 4
     assert await db.read(_keys) == [4]
+    await db.close()
+
+
+async def test_a_write_waits_for_the_writers_lock_another_process_holds(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = await IndexDB.open(path)
+    await db.write(_make_table)
+    lock_path = str(path) + WRITERS_LOCK_SUFFIX
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)  # another process's writer
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write = asyncio.ensure_future(db.write(_insert(1)))
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(write, 10) == 1
+        # ... and it let go of the lock again after its transaction.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert await db.read(_keys) == [1]
     await db.close()

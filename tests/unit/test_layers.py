@@ -10,6 +10,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "aiodbox"
 RANK = {
     "config": 0,
     "metrics": 0,
+    "random_ids": 0,
     "fs": 1,
     "streams": 2,
     "dbox": 3,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -64,6 +63,7 @@ from aiodbox.dbox.format import (
     is_separator,
     parse_hex,
 )
+from aiodbox.random_ids import random_hex
 
 _MAX_TAIL = TRAILER_LEN + MAX_METADATA + END_LEN
 _HEADER_PREFIX = b"3 S"
@@ -71,9 +71,17 @@ _FILE_HEADER = re.compile(rb"3 S([0-9a-f]{%d}) C([0-9a-f]{1,16})\n" % SEP_LEN)
 _END_MARKER = re.compile(re.escape(END_PREFIX) + rb"([0-9a-f]{%d})\n" % SEP_LEN)
 
 
+_HASH_GIL_FREE = 2047
+"""hashlib releases the interpreter lock for 2048 bytes and more.  Feeding a chunk of
+the event loop in smaller pieces keeps the lock: for a few KiB the release costs more
+than the hashing (another thread takes the lock, and the loop waits to get it back)."""
+_HASH_IN_PIECES_MAX = 16 * 1024
+"""Larger chunks are hashed in one call (then letting other threads run is worth it)."""
+
+
 def new_separator() -> bytes:
     """Return a fresh random separator: 32 lowercase hex characters as ASCII bytes."""
-    return secrets.token_hex(SEP_LEN // 2).encode("ascii")
+    return random_hex(SEP_LEN // 2).encode("ascii")
 
 
 def body_digest(body: bytes) -> str:
@@ -535,9 +543,15 @@ class RecordWriter:
         if self._state != "body":
             raise RuntimeError("feed() outside begin()/finish()")
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)
-        self._size += len(data)
+        n = len(data)
+        self._size += n
         if self._hash is not None:
-            self._hash.update(data)
+            if _HASH_GIL_FREE < n <= _HASH_IN_PIECES_MAX:
+                view = memoryview(data)
+                for i in range(0, n, _HASH_GIL_FREE):
+                    self._hash.update(view[i : i + _HASH_GIL_FREE])
+            else:
+                self._hash.update(data)
         return data
 
     def finish(self) -> bytes:

@@ -35,7 +35,6 @@ record start.
 from __future__ import annotations
 
 import errno
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from aiodbox.dbox.v2 import V2FileHeader
 from aiodbox.fs import paths
 from aiodbox.fs.api import FS, CreateMode, FileHandle, FsProperty, OpenMode, Perms
 from aiodbox.fs.errors import FsNotSupported
+from aiodbox.random_ids import random_hex
 from aiodbox.streams.output import OutputStream
 
 
@@ -273,7 +273,7 @@ async def create_sdbox(
     header = encode_file_header(sep, int(time.time()) if ctime is None else ctime)
     directory = paths.normalize("create", directory, allow_root=True)
     handle = fs.create(
-        paths.join(directory, f"u.new.{secrets.token_hex(6)}"), CreateMode.FAIL_IF_EXISTS, perms
+        paths.join(directory, f"u.new.{random_hex(6)}"), CreateMode.FAIL_IF_EXISTS, perms
     )
     sdbox = SdboxWriter(handle, directory, writer, header + writer.begin())
     try:

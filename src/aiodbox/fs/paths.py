@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 
 from aiodbox.fs.errors import FsError, FsPermission
+from aiodbox.random_ids import random_hex
 
 TEMP_PREFIX = ".aiodbox-tmp."
 """File names starting with this are uncommitted creates; ``iterate`` hides them."""
@@ -74,7 +74,7 @@ def check_filename(op: str, path: str, filename: str) -> None:
 
 def temp_name(final_name: str, pid: int) -> str:
     """A temp file name for ``final_name``: recognisable, unique, names the owning pid."""
-    return f"{TEMP_PREFIX}{pid}.{secrets.token_hex(6)}.{final_name}"
+    return f"{TEMP_PREFIX}{pid}.{random_hex(6)}.{final_name}"
 
 
 def temp_owner_pid(name: str) -> int | None:

@@ -64,6 +64,7 @@ class DirectoryChanges:
     alive: bool = True
     wd: int = -1
     _watcher: _Watcher | None = field(default=None, repr=False)
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def current(self) -> int:
         """The generation including every write that completed before this call.
@@ -82,11 +83,34 @@ class DirectoryChanges:
             self._watcher.drain()
         return self.list_generation
 
+    async def wait_past(self, generation: int, timeout: float) -> None:
+        """Return once the generation is past ``generation`` (some process wrote since it
+        was read), or after ``timeout`` seconds, whichever is first."""
+        if self.current() != generation or self._watcher is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
     def close(self) -> None:
         """Stop watching (the generation stays)."""
         if self._watcher is not None:
             self._watcher.unwatch(self)
             self._watcher = None
+        self._wake()
 
 
 class _Watcher:
@@ -132,6 +156,7 @@ class _Watcher:
                 c.alive = False
                 c.generation += 1
                 c._watcher = None
+                c._wake()
         self.by_wd.clear()
         if _watchers.get(self.loop) is self:
             del _watchers[self.loop]
@@ -165,11 +190,14 @@ class _Watcher:
                         c.alive = False
                         c.generation += 1
                         c.list_generation += 1
+                        c._wake()
                     self.by_wd.pop(wd, None)
                     continue
                 if name.startswith(_NAME_PREFIX) and not name.endswith(b"-shm"):
                     for c in listeners:
                         c.generation += 1
+                        if c._waiters:
+                            c._wake()
                 elif name == _LIST_MARKER:
                     for c in listeners:
                         c.list_generation += 1
@@ -179,6 +207,7 @@ class _Watcher:
             for c in listeners:
                 c.generation += 1
                 c.list_generation += 1
+                c._wake()
 
     def _fail_all(self) -> None:
         self.close()

@@ -31,7 +31,6 @@ import datetime
 import itertools
 import os
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from aiodbox.fs import FsNotFound
 from aiodbox.fs.paths import pid_alive
 from aiodbox.index.db import read_data_version
 from aiodbox.index.schema import FLAG_BITS
+from aiodbox.random_ids import new_uuid4_hex
 from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
 from aiodbox.storage.formats import SaveContext, SaveHandle
 from aiodbox.storage.view import MailboxView, ViewColumns, build_columns
@@ -211,7 +211,7 @@ class Transaction:
         """
         self._check_open()
         date = int(time.time()) if internal_date is None else internal_date
-        message_guid = guid or uuid.uuid4().hex
+        message_guid = guid or new_uuid4_hex()
         if size_hint is None and isinstance(source, (bytes, bytearray, memoryview)):
             size_hint = len(source)
         try:
@@ -466,6 +466,9 @@ class Transaction:
 OTHER_PROCESS_WAIT_LIMIT = 5.0
 """Seconds a commit waits for another process's lower UIDs before it goes ahead anyway
 (that process is stuck: better a message out of order than none)."""
+RETRY_FIRST_PAUSE = 0.002
+RETRY_MAX_PAUSE = 0.05
+"""Seconds between tries while lower UIDs are pending, where no index write woke it."""
 PENDING_STALE_AFTER = 60.0
 """A ``pending`` reservation older than this is a leftover, not a save in progress."""
 
@@ -506,14 +509,17 @@ async def _write_in_turn(
     turns: list[tuple[int, int]],
 ) -> tuple[int, list[int]]:
     """Queue ``apply`` as an index write (letting this process's later transactions queue
-    theirs behind it); it goes ahead once no lower UIDs are still being saved, and is
-    retried with a growing pause until then (at most :data:`OTHER_PROCESS_WAIT_LIMIT`
-    seconds)."""
+    theirs behind it); it goes ahead once no lower UIDs are still being saved.  Until
+    then it is retried whenever some process wrote to the index (the lower save's commit
+    is such a write), at the latest after a pause that grows from
+    :data:`RETRY_FIRST_PAUSE` to :data:`RETRY_MAX_PAUSE`, for at most
+    :data:`OTHER_PROCESS_WAIT_LIMIT` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + OTHER_PROCESS_WAIT_LIMIT
-    pause = 0.002
+    pause = RETRY_FIRST_PAUSE
     while True:
         wait = loop.time() < deadline
+        seen = user.db.change_generation
 
         def attempt(conn: sqlite3.Connection, wait: bool = wait) -> tuple[int, list[int]]:
             return apply(conn, wait)
@@ -523,8 +529,8 @@ async def _write_in_turn(
             user.uid_order.queued(turns)
             return await user.db.write(attempt)
         except _LowerUidsPending:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            await user.db.wait_for_write(seen, pause)
+            pause = min(pause * 2, RETRY_MAX_PAUSE)
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiodbox.config import StorageConfig
 from aiodbox.fs import FS, CreateMode, FsNotFound, FsProperty, open_fs
 from aiodbox.index.db import IndexDB
+from aiodbox.random_ids import new_uuid4_hex
 from aiodbox.storage import names
 from aiodbox.storage.errors import (
     InvalidMailboxName,
@@ -81,7 +81,7 @@ def _info(row: tuple[Any, ...]) -> MailboxInfo:
 
 def new_guid() -> str:
     """A 128-bit GUID as 32 lowercase hex digits (Dovecot's GUID form)."""
-    return uuid.uuid4().hex
+    return new_uuid4_hex()
 
 
 class Storage:

@@ -164,6 +164,19 @@ def test_writer_output_is_the_documented_record() -> None:
     assert out == encode_record(SEP, body, guid=GUID, received=0x65A, extra=[("X", "x-value")])
 
 
+@pytest.mark.parametrize("size", [2046, 2047, 2048, 4095, 4096, 16 * 1024, 16 * 1024 + 1, 70_000])
+def test_digest_of_chunks_hashed_in_pieces_or_whole_is_the_bodys(size: int) -> None:
+    # Chunks up to 16 KiB are hashed in pieces below 2048 bytes (which keep the
+    # interpreter lock), larger ones in one call: the digest is the same either way.
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    w = RecordWriter(SEP, guid=GUID)
+    w.begin()
+    assert w.feed(body) is body
+    w.feed(memoryview(body)[: size // 3])
+    w.finish()
+    assert w.metadata.digest == body_digest(body + body[: size // 3])
+
+
 def test_writer_passes_bytes_chunks_through_without_copying() -> None:
     w = RecordWriter(SEP, guid=GUID)
     w.begin()

@@ -150,6 +150,51 @@ async def test_a_lower_reservation_of_another_live_process_is_waited_for(
     await user.close()
 
 
+async def test_a_commit_waiting_for_another_process_goes_ahead_when_that_process_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waiting commit is woken by the other process's index write (inotify), not by
+    # its retry pause: with the pause at 30 s, only the wake-up lets it finish in time.
+    storage, _ = make_storage(tmp_path, "sdbox", "posix")
+    user = await storage.user("u")
+    box = await user.open_mailbox("INBOX")
+    mid = box.info.id
+    monkeypatch.setattr(mailbox_module, "OTHER_PROCESS_WAIT_LIMIT", 60.0)
+    monkeypatch.setattr(mailbox_module, "RETRY_FIRST_PAUSE", 30.0)
+    monkeypatch.setattr(mailbox_module, "RETRY_MAX_PAUSE", 30.0)
+    index = str(user.db.path)
+
+    def other_process(sql: str, *args: Any) -> int:  # its own connection, as a process has
+        conn = sqlite3.connect(index, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.execute(sql, args)
+            conn.execute("COMMIT")
+            return cur.lastrowid or 0
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(
+        other_process, "UPDATE mailboxes SET uidnext = uidnext + 1 WHERE id = ?", mid
+    )
+    row = await asyncio.to_thread(
+        other_process,
+        "INSERT INTO pending (mailbox_id, uid, count, pid, started) VALUES (?, 1, 1, ?, ?)",
+        mid,
+        os.getppid(),  # alive
+        time.time(),
+    )
+    tx = box.transaction()
+    await tx.save(simple_message(2))
+    commit = asyncio.ensure_future(tx.commit())
+    await asyncio.sleep(0.3)
+    assert not commit.done()  # UID 1 is still being saved
+    await asyncio.to_thread(other_process, "DELETE FROM pending WHERE id = ?", row)
+    assert (await asyncio.wait_for(commit, 10)).saved_uids == [2]
+    await box.close()
+    await user.close()
+
+
 async def test_a_transaction_saving_and_copying_into_one_mailbox_does_not_wait_for_itself(
     tmp_path: Path,
 ) -> None:
