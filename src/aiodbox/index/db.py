@@ -247,7 +247,7 @@ class _Serial:
 
     def _writers_lock(self) -> int | None:
         """Take the lock file; None where it cannot be used (SQLite's locking still
-        serialises the writers then, only slower)."""
+        serialises the writers then, only slower; this connection stops trying)."""
         if self.lock_path is None:
             return None
         try:
@@ -258,6 +258,7 @@ class _Serial:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except OSError as e:
             log.warning("cannot lock %s (%s): writers wait the slow way", self.lock_path, e)
+            self.lock_path = None
             return None
         return self._lock_fd
 
