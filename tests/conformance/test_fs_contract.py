@@ -374,6 +374,27 @@ async def test_try_lock_is_exclusive_between_handles(fs: FS) -> None:
     await a.aclose()
 
 
+async def test_size_under_lock_sees_other_appends_and_a_deletion(fs: FS) -> None:
+    await write_file(fs, "m.1", b"HEAD")
+    a, b = fs.open("m.1", OpenMode.APPEND), fs.open("m.1", OpenMode.APPEND)
+    await a.wait_open()
+    await b.wait_open()
+    assert a.size_under_lock() is None  # not locked
+    assert b.try_lock()
+    await b.write_all(b"-more")
+    await b.acommit()
+    b.unlock()
+    assert a.try_lock()
+    assert a.size_under_lock() == 9  # b's append, which a's open did not see
+    a.unlock()
+    await fs.delete("m.1")
+    assert a.try_lock()
+    with pytest.raises(FsNotFound):  # appending through a would be lost
+        a.size_under_lock()
+    await a.aclose()
+    await b.aclose()
+
+
 LOCK_CHILD = """
 import asyncio, sys
 from aiodbox.fs import open_fs, OpenMode

@@ -219,6 +219,17 @@ class FileHandle(abc.ABC):
         """Drop a lock taken with :meth:`try_lock` (closing the handle also drops it)."""
         return
 
+    def size_under_lock(self) -> int | None:
+        """While this handle holds its lock: the committed file's size as of now, other
+        handles' and processes' appends included, learnt without waiting; None where the
+        backend cannot tell at once (then :meth:`FS.stat` the path).
+
+        Raises:
+            FsNotFound: the file lost its name since this handle opened it (deleted):
+                what is appended through this handle would be lost.
+        """
+        return None
+
     def fileno(self) -> int | None:
         """A real file descriptor of the committed file, or None (``FD`` property)."""
         return None

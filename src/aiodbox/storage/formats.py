@@ -373,6 +373,10 @@ class _HeldFile:
     users: int = 0
 
 
+SPARE_FILES = 2
+"""mdbox files a user's format keeps open between saves (each holds a descriptor)."""
+
+
 class MdboxFormat(MailFormat):
     """Multi-dbox: records in ``storage/m.<file_id>`` files, a map with refcounts."""
 
@@ -386,6 +390,9 @@ class MdboxFormat(MailFormat):
         self._header_reads: dict[int, asyncio.Future[FileHeader | V2FileHeader]] = {}
         self._reader_limit = 64
         self._busy: set[int] = set()  # files a transaction of this process holds locked
+        # Files kept open (unlocked) after a save committed, for the next save to lock at
+        # once: no candidate query, open, header read or stat per APPEND.
+        self._spare: collections.OrderedDict[int, MdboxFile] = collections.OrderedDict()
 
     def file_path(self, file_id: int) -> str:
         """The FS path of ``m.<file_id>``."""
@@ -407,7 +414,49 @@ class MdboxFormat(MailFormat):
 
         return await self.user.db.read(q)
 
+    def _lock_spare(self, need: int) -> _HeldFile | None:
+        """A spare file (see ``_spare``) locked now, with room for ``need`` more bytes;
+        None if none has (or none can be locked without waiting)."""
+        for file_id in reversed(list(self._spare)):  # the most recently used first
+            if file_id in self._busy:
+                continue
+            f = self._spare[file_id]
+            if f.size + need > self.rotate_size:
+                self._drop_spare(file_id)
+                continue
+            try:
+                if not f.try_lock():
+                    continue  # another process is appending to it: try it next time
+                size = f.handle.size_under_lock()
+            except FsError:  # purged (deleted) since, or broken
+                size = None
+            if size is None or size + need > self.rotate_size:
+                self._drop_spare(file_id)  # (closing drops the lock)
+                continue
+            f.set_locked_size(size)
+            del self._spare[file_id]
+            self._busy.add(file_id)
+            return _HeldFile(file_id, f)
+        return None
+
+    def _keep_spare(self, file_id: int, f: MdboxFile) -> None:
+        """Unlock ``f`` (committed) and keep it open for the next save."""
+        f.unlock()
+        self._spare[file_id] = f
+        self._spare.move_to_end(file_id)
+        while len(self._spare) > SPARE_FILES:
+            _old_id, old = self._spare.popitem(last=False)
+            old.close()
+
+    def _drop_spare(self, file_id: int) -> None:
+        f = self._spare.pop(file_id, None)
+        if f is not None:
+            f.close()
+
     async def _lock_file(self, need: int) -> _HeldFile:
+        spare = self._lock_spare(need)
+        if spare is not None:
+            return spare
         for file_id in await self._candidates(need):
             if file_id in self._busy:
                 continue  # another transaction of this process has it: its lock is taken
@@ -417,10 +466,12 @@ class MdboxFormat(MailFormat):
             except FsNotFound:
                 continue
             if f.size + need <= self.rotate_size and file_id not in self._busy and f.try_lock():
-                # One stat under the lock: the file is still there (purge may have
-                # replaced it between our open and our lock) and its size as of now.
+                # The size under the lock: the file is still there (purge may have
+                # deleted it between our open and our lock) and its size as of now.
                 try:
-                    size = (await self.fs.stat(path)).size
+                    size = f.handle.size_under_lock()
+                    if size is None:  # (a backend that cannot tell at once)
+                        size = (await self.fs.stat(path)).size
                 except FsNotFound:
                     size = None
                 if size is not None and size + need <= self.rotate_size:
@@ -504,7 +555,7 @@ class MdboxFormat(MailFormat):
         for held in files.values():
             held.users = 0
             self._busy.discard(held.file_id)
-            held.file.close()  # unlocked now; the descriptor is released in the background
+            self._keep_spare(held.file_id, held.file)  # unlocked now
         # (the files' new sizes are recorded by the index transaction: location_in_tx)
         return locations
 
@@ -585,7 +636,8 @@ class MdboxFormat(MailFormat):
         return await asyncio.shield(pending)
 
     def forget_reader(self, file_id: int) -> None:
-        """Close the cached read handle of a file (purge replaced it)."""
+        """Close the cached read and spare handles of a file (purge replaced it)."""
+        self._drop_spare(file_id)
         h = self._readers.pop(file_id, None)
         self._headers.pop(file_id, None)
         if h is not None:

@@ -56,7 +56,7 @@ from aiodbox.fs.api import (
     OpenMode,
     Perms,
 )
-from aiodbox.fs.errors import FsClosed, FsError, FsNotSupported, fs_error
+from aiodbox.fs.errors import FsClosed, FsError, FsNotFound, FsNotSupported, fs_error
 
 _normalize_path = paths.normalize  # (``paths`` is also a parameter name below)
 
@@ -732,6 +732,20 @@ class LocalHandle(FileHandle):
         if self._locked and self._fd is not None and not self._closed:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._locked = False
+
+    def size_under_lock(self) -> int | None:
+        # fstat of an open descriptor reads the in-memory inode: no disk I/O, so the loop
+        # may do it (as it does a page-cache pread).
+        fd = self._fd
+        if not self._locked or fd is None or self._closed:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        if st.st_nlink == 0:
+            raise FsNotFound("stat", self.path, errno.ENOENT, "deleted since it was opened")
+        return st.st_size
 
     def close(self) -> None:
         if self._closed:

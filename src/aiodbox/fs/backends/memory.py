@@ -22,7 +22,7 @@ from typing import Any
 
 from aiodbox.fs import paths
 from aiodbox.fs.api import FS, CreateMode, FileHandle, FsProperty, FsStat, OpenMode, Perms
-from aiodbox.fs.errors import FsClosed, FsError, fs_error
+from aiodbox.fs.errors import FsClosed, FsError, FsNotFound, fs_error
 
 
 @dataclass
@@ -280,6 +280,14 @@ class MemoryHandle(FileHandle):
     def unlock(self) -> None:
         if self._inode is not None and self._inode.locked_by is self:
             self._inode.locked_by = None
+
+    def size_under_lock(self) -> int | None:
+        inode = self._inode
+        if self._closed or inode is None or inode.locked_by is not self:
+            return None
+        if self._fs._files.get(self.path) is not inode:
+            raise FsNotFound("stat", self.path, errno.ENOENT, "deleted since it was opened")
+        return len(inode.data)
 
 
 class MemoryFS(FS):

@@ -68,6 +68,9 @@ class WrapperHandle(FileHandle):
     def unlock(self) -> None:
         self.inner.unlock()
 
+    def size_under_lock(self) -> int | None:
+        return self.inner.size_under_lock()
+
     def fileno(self) -> int | None:
         return self.inner.fileno()
 
