@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from aiodbox.storage import Storage
+from aiodbox.storage import formats as formats_module
 from aiodbox.storage.mailbox import DELETED, Mailbox
 from aiodbox.storage.purge import purge
 
@@ -28,8 +31,8 @@ async def _bodies(tmp_path: Path) -> dict[int, bytes]:
     return out
 
 
-async def _save(storage: Storage, n: int) -> int:
-    user = await storage.user("u")
+async def _save(storage: Storage, n: int, name: str = "u") -> int:
+    user = await storage.user(name)
     box: Mailbox = await user.open_mailbox("INBOX", load_view=False)
     try:
         tx = box.transaction()
@@ -81,4 +84,19 @@ async def test_another_process_appending_to_the_kept_file_moves_the_next_offset(
     await other.close()
     await _save(storage, 4)
     assert await _bodies(tmp_path) == {n: simple_message(n) for n in range(1, 5)}
+    await storage.close()
+
+
+async def test_kept_files_are_capped_per_user_and_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(formats_module, "SPARE_FILES_PER_PROCESS", 2)
+    storage, fs = make_storage(tmp_path, "mdbox", "posix")
+    for n, name in enumerate(["a", "b", "c"]):
+        await _save(storage, n, name)
+    assert fs.counters.open_handles == 2  # a's file was closed when c's was kept
+    fs.counters.reset()
+    await _save(storage, 10, "c")
+    await _save(storage, 11, "a")
+    assert fs.counters.opens == 1  # only a's, which was no longer kept
     await storage.close()
