@@ -356,6 +356,21 @@ async def test_symlink_leading_out_of_the_root_is_refused(fs_spec: str, tmp_path
     await fs.aclose()
 
 
+async def test_write_file_creates_replaces_and_refuses_a_taken_name(
+    fs: FS, fs_spec: str, tmp_path: Path
+) -> None:
+    await fs.write_file("d/e/f", b"one", CreateMode.FAIL_IF_EXISTS)  # parents made
+    assert await fs.read_file("d/e/f") == b"one"
+    with pytest.raises(FsExists):
+        await fs.write_file("d/e/f", b"two", CreateMode.FAIL_IF_EXISTS)
+    assert await fs.read_file("d/e/f") == b"one"
+    await fs.write_file("d/e/f", b"three")  # REPLACE_IF_EXISTS
+    assert await fs.read_file("d/e/f") == b"three"
+    assert [n async for n in fs.iterate("d/e")] == ["d/e/f"]
+    if is_posix(fs_spec):  # and no temp file behind, not even one iterate would hide
+        assert os.listdir(tmp_path / "root" / "d" / "e") == ["f"]
+
+
 # --------------------------------------------------------------- locks
 
 

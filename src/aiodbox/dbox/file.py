@@ -20,6 +20,7 @@ Writing (:mod:`aiodbox.dbox.file_write`, v3 only):
 
 - :func:`create_sdbox` -> :class:`SdboxWriter`: stream the body, then
   ``finish(final_name)`` commits the file under its final name.
+  :class:`SdboxInMemory` builds a small file whole, for one ``FS.write_file``.
 - :func:`create_mdbox_file` / :func:`open_mdbox_file` -> :class:`MdboxFile`: lock,
   ``append()`` records (:class:`RecordAppender`), ``commit()`` them all at once.
 
@@ -51,6 +52,7 @@ from aiodbox.dbox.file_write import (
     DboxWritten,
     MdboxFile,
     RecordAppender,
+    SdboxInMemory,
     SdboxWriter,
     create_mdbox_file,
     create_sdbox,
@@ -67,6 +69,7 @@ __all__ = [
     "DboxWritten",
     "MdboxFile",
     "RecordAppender",
+    "SdboxInMemory",
     "SdboxWriter",
     "create_mdbox_file",
     "create_sdbox",

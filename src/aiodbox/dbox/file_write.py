@@ -284,6 +284,43 @@ async def create_sdbox(
     return sdbox
 
 
+class SdboxInMemory:
+    """A new v3 sdbox file built in memory, for a message small enough that a handle
+    would hold it in its write buffer until the commit anyway: :meth:`finish` returns the
+    whole file, which the caller writes with one ``FS.write_file`` under its final name
+    (one hand-off to the FS where a streamed file takes three: create, commit, close).
+    Nothing is written anywhere before that.
+    """
+
+    def __init__(self, *, guid: str, received: int | None, ctime: int | None = None) -> None:
+        """Raises ``ValueError`` for a bad GUID (as :func:`create_sdbox`)."""
+        sep = new_separator()
+        self._writer = RecordWriter(sep, guid=guid, received=received)
+        now = int(time.time()) if ctime is None else ctime
+        self._head = encode_file_header(sep, now) + self._writer.begin()
+        self._body: list[bytes] = []
+        self.body_size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append body bytes."""
+        data = self._writer.feed(chunk)
+        self._body.append(data)
+        self.body_size += len(data)
+
+    def body(self) -> list[bytes]:
+        """The body chunks written so far (to stream them elsewhere instead)."""
+        return list(self._body)
+
+    def finish(self) -> bytes:
+        """The whole file: header, record, trailer (call once)."""
+        return b"".join([self._head, *self._body, self._writer.finish()])
+
+    @property
+    def metadata(self) -> Metadata:
+        """The record's metadata (after :meth:`finish`)."""
+        return self._writer.metadata
+
+
 # ---------------------------------------------------------------------------------- mdbox
 
 

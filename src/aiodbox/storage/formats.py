@@ -36,6 +36,7 @@ from aiodbox.dbox.file import (
     DboxMessage,
     MdboxFile,
     RecordAppender,
+    SdboxInMemory,
     SdboxWriter,
     create_mdbox_file,
     create_sdbox,
@@ -51,7 +52,7 @@ from aiodbox.dbox.file import (
 )
 from aiodbox.dbox.file_read import HEADER_HEAD_READ, MDBOX_WHOLE_READ, SDBOX_HEAD_READ
 from aiodbox.dbox.v2 import V2FileHeader
-from aiodbox.fs import FileHandle, FsError, FsNotFound
+from aiodbox.fs import FS, CreateMode, FileHandle, FsError, FsNotFound
 from aiodbox.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -213,21 +214,71 @@ class MailFormat(abc.ABC):
         return None
 
 
+SMALL_SAVE_MAX = 64 << 10
+"""sdbox messages announced at most this large are built in memory and written with one
+``FS.write_file`` at commit (the local FS's handle would have held them in its 256 KiB
+write buffer until the commit anyway); larger ones stream into their file as they come."""
+
+
 class _SdboxSave(SaveHandle):
-    def __init__(self, writer: SdboxWriter) -> None:
+    """An sdbox file being saved: streamed (``writer``), or built in memory (``small``)
+    until the commit; a small one that outgrows :data:`SMALL_SAVE_MAX` (its size hint
+    was too small) turns into a streamed one."""
+
+    def __init__(
+        self,
+        fs: FS,
+        directory: str,
+        guid: str,
+        received: int,
+        *,
+        writer: SdboxWriter | None = None,
+        small: SdboxInMemory | None = None,
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.guid = guid
+        self.received = received
         self.writer = writer
+        self.small = small
         self.aborted = False
 
     async def write(self, chunk: bytes) -> None:
+        small = self.small
+        if small is not None:
+            if small.body_size + len(chunk) <= SMALL_SAVE_MAX:
+                small.write(chunk)
+                return
+            self.small = None
+            self.writer = await create_sdbox(
+                self.fs, self.directory, guid=self.guid, received=self.received
+            )
+            for part in small.body():
+                await self.writer.write(part)
+        assert self.writer is not None
         await self.writer.write(chunk)
 
     async def finish_data(self) -> None:
         return None
 
+    async def commit(self, name: str) -> int:
+        """Make the file visible, complete, as ``name``; return the stored body size."""
+        if self.small is not None:
+            data = self.small.finish()
+            await self.fs.write_file(f"{self.directory}/{name}", data, CreateMode.FAIL_IF_EXISTS)
+            self.committed = True
+            return self.small.metadata.size
+        assert self.writer is not None
+        written = await self.writer.finish(name)
+        self.committed = True
+        return written.stored_size
+
     async def abort(self) -> None:
         if not self.committed and not self.aborted:
             self.aborted = True
-            await self.writer.abort()
+            self.small = None
+            if self.writer is not None:
+                await self.writer.abort()
 
 
 class SdboxFormat(MailFormat):
@@ -243,19 +294,20 @@ class SdboxFormat(MailFormat):
         size_hint: int | None,
         ctx: SaveContext,
     ) -> SaveHandle:
-        writer = await create_sdbox(
-            self.fs, self.user.mailbox_dir(mailbox.guid), guid=guid, received=received
-        )
-        return _SdboxSave(writer)
+        directory = self.user.mailbox_dir(mailbox.guid)
+        if size_hint is not None and size_hint <= SMALL_SAVE_MAX:
+            small = SdboxInMemory(guid=guid, received=received)
+            return _SdboxSave(self.fs, directory, guid, received, small=small)
+        writer = await create_sdbox(self.fs, directory, guid=guid, received=received)
+        return _SdboxSave(self.fs, directory, guid, received, writer=writer)
 
     async def commit_saves(
         self, mailbox: MailboxInfo, handles: list[SaveHandle], uids: list[int]
     ) -> list[Location]:
         async def one(h: SaveHandle, uid: int) -> Location:
             assert isinstance(h, _SdboxSave)
-            written = await h.writer.finish(f"u.{uid}")
-            h.committed = True
-            return Location(written.stored_size, file_name=f"u.{uid}")
+            name = f"u.{uid}"
+            return Location(await h.commit(name), file_name=name)
 
         return list(await asyncio.gather(*(one(h, u) for h, u in zip(handles, uids, strict=True))))
 

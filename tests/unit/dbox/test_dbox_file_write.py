@@ -25,6 +25,7 @@ from aiodbox.dbox import (
     FileHeader,
     MdboxFile,
     Metadata,
+    SdboxInMemory,
     V2Scan,
     V3Scan,
     create_mdbox_file,
@@ -123,6 +124,23 @@ async def test_sdbox_round_trip(fs: FS) -> None:
             assert not msg.converts_line_ends
             assert await msg.open_body().read_all(2 * MiB) == body
             assert await msg.open_body(3, 40).read_all(100) == body[3:40]
+            assert await verify_body(msg) is None
+
+
+async def test_sdbox_built_in_memory_reads_like_a_streamed_one(fs: FS) -> None:
+    for n, body in enumerate(BODIES, start=1):
+        small = SdboxInMemory(guid=guid(n), received=1_700_000_000 + n)
+        for i in range(0, len(body), 7):
+            small.write(memoryview(body)[i : i + 7])
+        assert small.body_size == len(body)
+        await fs.write_file(f"box/dbox-Mails/u.{n}", small.finish(), CreateMode.FAIL_IF_EXISTS)
+        assert small.metadata.size == len(body)
+        assert small.metadata.digest == blake2b_hex(body)
+        async with await open_sdbox_message(fs, f"box/dbox-Mails/u.{n}") as msg:
+            assert msg.guid == guid(n)
+            assert msg.received == 1_700_000_000 + n
+            assert msg.stored_size == msg.imap_size == len(body)
+            assert await msg.open_body().read_all(MiB) == body
             assert await verify_body(msg) is None
 
 

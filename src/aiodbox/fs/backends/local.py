@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 import errno
 import fcntl
 import os
@@ -185,6 +186,35 @@ class Engine(abc.ABC):
         policy: FsyncPolicy,
     ) -> asyncio.Future[None]:
         """Write ``chunks`` at ``offset``, fsync, link/rename temp → final, fsync dir."""
+
+    def write_whole(
+        self,
+        directory: str,
+        temp_name: str,
+        final_name: str,
+        replace: bool,
+        data: bytes,
+        perms: Perms,
+        policy: FsyncPolicy,
+    ) -> asyncio.Future[None]:
+        """Create ``directory/final_name`` holding ``data``, durable per ``policy``, as
+        :meth:`create_temp` + :meth:`commit_created` + :meth:`close` would (an engine
+        may do it in one job); nothing is left behind if it fails."""
+
+        async def run() -> None:
+            fd = await self.create_temp(directory, temp_name, perms)
+            try:
+                await self.commit_created(
+                    fd, directory, temp_name, final_name, replace, [data], 0, policy
+                )
+            except BaseException:
+                await self.close([fd])
+                with contextlib.suppress(OSError):  # (gone already if the link was made)
+                    await self.close([], (directory, temp_name))
+                raise
+            await self.close([fd])
+
+        return asyncio.ensure_future(run())
 
     @abc.abstractmethod
     def commit_append(
@@ -900,6 +930,30 @@ class LocalFS(FS):
         perms: Perms | None = None,
     ) -> FileHandle:
         return self._handle("create", path, "create", mode, perms)
+
+    async def write_file(
+        self,
+        path: str,
+        data: bytes,
+        mode: CreateMode = CreateMode.REPLACE_IF_EXISTS,
+        perms: Perms | None = None,
+    ) -> None:
+        """See :meth:`FS.write_file`: one engine job (posix: one hand-off for the create,
+        write, fsync, link and directory fsync, where a handle takes three)."""
+        norm = paths.normalize("create", path)
+        directory, name = paths.split(norm)
+        paths.check_filename("create", norm, name)
+        fut = self.engine.write_whole(
+            directory,
+            paths.temp_name(name, os.getpid()),
+            name,
+            mode is CreateMode.REPLACE_IF_EXISTS,
+            bytes(data),
+            perms or self.perms,
+            self.fsync,
+        )
+        await self._call("commit", path, fut)
+        self.commits += 1
 
     def read_small_file_now(self, path: str, limit: int) -> bytes | None:
         """See :meth:`FS.read_small_file_now`: served on the loop when the engine can

@@ -15,6 +15,7 @@ directory fsyncs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat as stat_mod
@@ -289,6 +290,40 @@ class ThreadEngine(Engine):
             self._sync_dir(directory, dfd, policy)
         finally:
             os.close(dfd)
+
+    def _write_whole(
+        self,
+        directory: str,
+        temp_name: str,
+        final_name: str,
+        replace: bool,
+        data: bytes,
+        perms: Perms,
+        policy: FsyncPolicy,
+    ) -> None:
+        fd = self._create_temp(directory, temp_name, perms)
+        try:
+            self._commit_created(fd, directory, temp_name, final_name, replace, [data], 0, policy)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):  # (gone already if the link was made)
+                self._close([], (directory, temp_name))
+            raise
+        os.close(fd)
+
+    def write_whole(
+        self,
+        directory: str,
+        temp_name: str,
+        final_name: str,
+        replace: bool,
+        data: bytes,
+        perms: Perms,
+        policy: FsyncPolicy,
+    ) -> asyncio.Future[None]:
+        return self.pool.submit(
+            self._write_whole, directory, temp_name, final_name, replace, data, perms, policy
+        )
 
     def commit_created(
         self,
