@@ -50,6 +50,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -108,13 +109,39 @@ def read_data_version(conn: sqlite3.Connection) -> int:
     return (getattr(conn, "number", 0) << 40) | version
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, which is kept in the file: only a new database is
+    converted.  The conversion needs the database to itself, and SQLite returns "database
+    is locked" for it at once instead of running the busy handler: when several processes
+    open a new user's index at the same moment (the first login of a user reaching two
+    workers), all but one used to fail.  So the mode is read first, and the conversion
+    retried until it or another connection's succeeded (within ``BUSY_TIMEOUT_MS``)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            if str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal":
+                return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("could not switch the index to WAL mode")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=30, factory=_Connection
     )
     conn.number = next(_connections_made)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _use_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

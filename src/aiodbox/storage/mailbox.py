@@ -198,7 +198,8 @@ class Transaction:
 
         Args:
             source: the message bytes (CRLF line ends), whole or as async chunks; they are
-                written as they arrive, never held whole.
+                written as they arrive, never held whole (sdbox writes a message whose
+                ``size_hint`` is at most 64 KiB in one piece at the commit).
             flags: system flag bits.  keywords: keyword names.
             internal_date: UNIX time (default: now); internal_tz: its offset in minutes.
             size_hint: the size if known (IMAP APPEND knows it): mdbox picks a file by it.

@@ -2,7 +2,8 @@
 
 The message literal streams from the socket into the storage transaction: the protocol
 core hands out ``LiteralChunk`` events as bytes arrive and :meth:`Transaction.save`
-writes each one on, so a message is never held whole.  The size is checked against
+writes each one on, so a large message is never held whole (a small one, up to 64 KiB in
+sdbox, is written in one piece at the commit).  The size is checked against
 APPENDLIMIT (``[imap] max_literal_size``) and the mailbox's existence is checked *before*
 the ``+`` continuation (or, for ``{n+}``, before a byte is stored): a refused literal is
 never read into memory (Dovecot's rules for what happens to its bytes, see the protocol
