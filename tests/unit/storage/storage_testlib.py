@@ -165,6 +165,23 @@ async def fill(
     return uids
 
 
+async def mailbox_bodies(
+    storage: Storage, user: str = "u", name: str = "INBOX"
+) -> dict[int, bytes]:
+    """Every message of ``user``'s mailbox ``name``, by UID, as ``storage`` reads it."""
+    u = await storage.user(user)
+    mbox = await u.open_mailbox(name)
+    out = {}
+    try:
+        for rec in await mbox.records(list(mbox.view.uids)):
+            msg = await mbox.open_message(rec)
+            out[rec.uid] = b"".join([c async for c in msg.open_body()])
+            await msg.aclose()
+    finally:
+        await mbox.close()
+    return out
+
+
 def simple_message(n: int, body_size: int = 200) -> bytes:
     """A small text message whose body mentions ``n``."""
     line = f"line of message {n} " * 4 + "\r\n"

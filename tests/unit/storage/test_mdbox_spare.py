@@ -13,22 +13,16 @@ from aiodbox.storage import formats as formats_module
 from aiodbox.storage.mailbox import DELETED, Mailbox
 from aiodbox.storage.purge import purge
 
-from .storage_testlib import make_storage, simple_message
+from .storage_testlib import mailbox_bodies, make_storage, simple_message
 
 
 async def _bodies(tmp_path: Path) -> dict[int, bytes]:
     """Every message of u's INBOX as a fresh storage (no cache of ours) reads it."""
     storage, _ = make_storage(tmp_path, "mdbox", "posix")
-    user = await storage.user("u")
-    inbox = await user.open_mailbox("INBOX")
-    out = {}
-    for rec in await inbox.records(list(inbox.view.uids)):
-        msg = await inbox.open_message(rec)
-        out[rec.uid] = b"".join([c async for c in msg.open_body()])
-        await msg.aclose()
-    await inbox.close()
-    await storage.close()
-    return out
+    try:
+        return await mailbox_bodies(storage)
+    finally:
+        await storage.close()
 
 
 async def _save(storage: Storage, n: int, name: str = "u") -> int:

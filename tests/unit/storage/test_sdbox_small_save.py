@@ -11,7 +11,7 @@ from aiodbox.fs.backends.posix_threads import ThreadEngine
 from aiodbox.storage import Storage
 from aiodbox.storage.formats import SMALL_SAVE_MAX
 
-from .storage_testlib import simple_message
+from .storage_testlib import mailbox_bodies, simple_message
 
 
 def _storage(tmp_path: Path) -> Storage:
@@ -33,18 +33,6 @@ def _jobs(storage: Storage) -> int:
     return engine.pool.stats()["submitted"]
 
 
-async def _read_all(storage: Storage) -> dict[int, bytes]:
-    user = await storage.user("u")
-    inbox = await user.open_mailbox("INBOX")
-    out = {}
-    for rec in await inbox.records(list(inbox.view.uids)):
-        msg = await inbox.open_message(rec)
-        out[rec.uid] = b"".join([c async for c in msg.open_body()])
-        await msg.aclose()
-    await inbox.close()
-    return out
-
-
 async def test_a_small_message_is_written_with_one_fs_job_at_commit(tmp_path: Path) -> None:
     storage = _storage(tmp_path)
     user = await storage.user("u")
@@ -58,7 +46,7 @@ async def test_a_small_message_is_written_with_one_fs_job_at_commit(tmp_path: Pa
     assert (await tx.commit()).saved_uids == [2]
     assert _jobs(storage) == before + 1  # create, write, fsync, link, dir fsync: one job
     await box.close()
-    assert (await _read_all(storage))[2] == data
+    assert (await mailbox_bodies(storage))[2] == data
     await storage.close()
 
 
@@ -81,5 +69,5 @@ async def test_a_message_outgrowing_its_size_hint_is_streamed_whole(tmp_path: Pa
     assert _jobs(storage) > before  # it turned into a streamed file on the way
     assert (await tx.commit()).saved_uids == [1]
     await box.close()
-    assert await _read_all(storage) == {1: data}
+    assert await mailbox_bodies(storage) == {1: data}
     await storage.close()
