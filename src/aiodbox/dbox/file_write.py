@@ -38,7 +38,7 @@ import errno
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiodbox.dbox.codec import FileHeader, Metadata, RecordWriter, encode_file_header, new_separator
 from aiodbox.dbox.file_read import DboxReadOnlyError, read_file_header
@@ -224,6 +224,15 @@ class SdboxWriter(_RecordStream):
         await self.abort()
 
 
+def _sdbox_start(ctime: int | None, **metadata: Any) -> tuple[RecordWriter, bytes]:
+    """A new sdbox file's record writer (fresh separator) and its first bytes: the file
+    header (created ``ctime``, default now) and the record start."""
+    sep = new_separator()
+    writer = RecordWriter(sep, **metadata)
+    header = encode_file_header(sep, int(time.time()) if ctime is None else ctime)
+    return writer, header + writer.begin()
+
+
 async def create_sdbox(
     fs: FS,
     directory: str,
@@ -260,9 +269,8 @@ async def create_sdbox(
         ValueError: a metadata value cannot be written (bad GUID, LF in a value ...).
         FsError: the handle already failed.
     """
-    sep = new_separator()
-    writer = RecordWriter(
-        sep,
+    writer, head = _sdbox_start(
+        ctime,
         guid=guid,
         received=received,
         orig_mailbox=orig_mailbox,
@@ -270,12 +278,11 @@ async def create_sdbox(
         pop3_order=pop3_order,
         extra=extra,
     )
-    header = encode_file_header(sep, int(time.time()) if ctime is None else ctime)
     directory = paths.normalize("create", directory, allow_root=True)
     handle = fs.create(
         paths.join(directory, f"u.new.{random_hex(6)}"), CreateMode.FAIL_IF_EXISTS, perms
     )
-    sdbox = SdboxWriter(handle, directory, writer, header + writer.begin())
+    sdbox = SdboxWriter(handle, directory, writer, head)
     try:
         await sdbox.write(b"")  # the header and record start
     except BaseException:
@@ -294,10 +301,7 @@ class SdboxInMemory:
 
     def __init__(self, *, guid: str, received: int | None, ctime: int | None = None) -> None:
         """Raises ``ValueError`` for a bad GUID (as :func:`create_sdbox`)."""
-        sep = new_separator()
-        self._writer = RecordWriter(sep, guid=guid, received=received)
-        now = int(time.time()) if ctime is None else ctime
-        self._head = encode_file_header(sep, now) + self._writer.begin()
+        self._writer, self._head = _sdbox_start(ctime, guid=guid, received=received)
         self._body: list[bytes] = []
         self.body_size = 0
 

@@ -100,6 +100,8 @@ class DirectoryChanges:
                 self._waiters.remove(waiter)
 
     def _wake(self) -> None:
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             if not w.done():
@@ -196,8 +198,7 @@ class _Watcher:
                 if name.startswith(_NAME_PREFIX) and not name.endswith(b"-shm"):
                     for c in listeners:
                         c.generation += 1
-                        if c._waiters:
-                            c._wake()
+                        c._wake()
                 elif name == _LIST_MARKER:
                     for c in listeners:
                         c.list_generation += 1

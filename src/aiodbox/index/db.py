@@ -120,17 +120,16 @@ def _use_wal(conn: sqlite3.Connection) -> None:
     pause = 0.001
     while True:
         try:
-            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-                return
-            if str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal":
-                return
+            for sql in ("PRAGMA journal_mode", "PRAGMA journal_mode = WAL"):
+                if str(conn.execute(sql).fetchone()[0]).lower() == "wal":
+                    return
+            refused = sqlite3.OperationalError("could not switch the index to WAL mode")
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
-            if time.monotonic() > deadline:
-                raise
+            refused = e
         if time.monotonic() > deadline:
-            raise sqlite3.OperationalError("could not switch the index to WAL mode")
+            raise refused
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
