@@ -1045,6 +1045,68 @@ def sdbox_message_from_bytes(
     return _v3_message(_BytesHandle(path, data), record, owns_handle=False, preload=(0, data))
 
 
+def sdbox_body_from_bytes(path: str, data: bytes, body_size: int) -> bytes | None:
+    """The IMAP body of an sdbox file read whole, without building a message: the usual
+    file (see :func:`sdbox_body_span`) is checked and sliced; any other is parsed as
+    :func:`sdbox_message_from_bytes` does.  ``body_size`` is the index's size.
+
+    Returns:
+        The body; None if it cannot be served from ``data`` (a Dovecot v2 file, or one
+        whose body needs line-end conversion: use :func:`open_sdbox_message`).
+
+    Raises:
+        DboxCorruptedError: the file is not a valid sdbox file (the codec's reason).
+    """
+    span = sdbox_body_span(data, body_size)
+    if span is not None:
+        return data[span[0] : span[1]]
+    msg = sdbox_message_from_bytes(path, data, body_size=body_size)
+    return None if msg is None else msg.preloaded_body()
+
+
+def mdbox_body_from_span(
+    handle: FileHandle,
+    header: FileHeader,
+    offset: int,
+    body_size: int,
+    data: bytes,
+    data_offset: int,
+) -> bytes | None:
+    """The IMAP body of the v3 record at ``offset`` of an mdbox file, from bytes
+    already read (``data`` holds the file from ``data_offset``), without building a
+    message: the usual record (see :func:`record_span`) is checked and sliced; any other
+    is parsed as :func:`mdbox_message_from_span` does.
+
+    Returns:
+        The body; None if ``data`` does not hold all of the record (use
+        :func:`open_mdbox_message`).
+
+    Raises:
+        DboxCorruptedError: the record is damaged.
+    """
+    rel = offset - data_offset
+    if 0 <= rel < len(data) and record_span(data, rel, header.sep, body_size) is not None:
+        start = rel + len(RECORD_START)
+        return data[start : start + body_size]
+    msg = mdbox_message_from_span(handle, header, offset, body_size, data, data_offset)
+    return None if msg is None else msg.preloaded_body()
+
+
+def memory_body_stream(data: bytes, start: int = 0, end: int | None = None) -> BodyStream:
+    """A :class:`BodyStream` over IMAP bytes ``[start, end)`` of a body held in memory
+    (``data``, read whole): as :meth:`DboxMessage.open_body` serves a preloaded body.
+
+    Raises:
+        ValueError: ``start`` is negative or ``end < start``.
+    """
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"invalid body range [{start}, {end})")
+    stop = len(data) if end is None else min(end, len(data))
+    first = min(start, stop)
+    raw = InputStream(_BytesHandle("<memory>", data), first, stop, preload=(0, data))
+    return BodyStream(raw, path="<memory>", start=first, size=stop - first)
+
+
 def _sdbox_metadata(data: bytes, body_size: int) -> Metadata:
     """The metadata of a v3 sdbox file that :func:`sdbox_body_span` accepted."""
     header = parse_file_header(data, eof=True)

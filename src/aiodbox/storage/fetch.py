@@ -59,7 +59,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiodbox.dbox.file import BodyStream, DboxCorruptedError, DboxMessage
+from aiodbox.dbox.file import BodyStream, DboxCorruptedError, DboxMessage, memory_body_stream
 from aiodbox.fs import FsError, FsNotFound
 from aiodbox.message.parser import MessageParser
 from aiodbox.message.summary import MessageSummary, summarize
@@ -181,6 +181,8 @@ class FetchedMessage:
         if stream is not None:
             return stream
         if self.message is None:
+            if self.data is not None:  # a small body read whole, no message kept open
+                return memory_body_stream(self.data, start, end)
             raise ValueError(f"message {self.uid} was fetched without its body")
         if readahead is None:
             return self.message.open_body(start, end)
@@ -521,6 +523,18 @@ def _small_fetched(
     if data is None:
         msg.close()
         return None
+    return _whole_fetched(record, data, parts, cached, msg)
+
+
+def _whole_fetched(
+    record: MailRecord,
+    data: bytes,
+    parts: FetchParts,
+    cached: MessageSummary | None,
+    msg: DboxMessage | None = None,
+) -> FetchedMessage:
+    """A :class:`FetchedMessage` for a message read whole (``data``, its IMAP bytes),
+    with the header and structure from its cache entry ``cached`` when asked for."""
     fetched = FetchedMessage(record.uid, record, message=msg, data=data)
     if cached is not None:
         if parts.needs_summary:
@@ -550,12 +564,12 @@ def _load_now(mailbox: Mailbox, record: MailRecord, parts: FetchParts) -> Fetche
 
 
 class _Group:
-    """Small messages opened together (:meth:`MailFormat.open_small`), in order."""
+    """Small messages read together (:meth:`MailFormat.read_small_bodies`), in order."""
 
     __slots__ = ("records", "task")
 
     def __init__(
-        self, records: list[MailRecord], task: asyncio.Task[list[DboxMessage | Exception | None]]
+        self, records: list[MailRecord], task: asyncio.Task[list[bytes | Exception | None]]
     ) -> None:
         self.records = records
         self.task = task
@@ -567,25 +581,24 @@ _Slot = asyncio.Task[FetchedMessage | None] | FetchedMessage | _Group
 def _small_slot(
     loop: asyncio.AbstractEventLoop,
     rec: MailRecord,
-    msg: DboxMessage | Exception | None,
+    body: bytes | Exception | None,
     parts: FetchParts,
     cache_needed: bool,
     load: Callable[[MailRecord], asyncio.Task[FetchedMessage | None]],
 ) -> _Slot:
-    """The window slot for a message :meth:`Mailbox.open_small` opened (or did not)."""
-    if isinstance(msg, DboxMessage):
+    """The window slot for a message :meth:`Mailbox.read_small_bodies` read (or did
+    not)."""
+    if isinstance(body, bytes):
         cached = _small_cache(rec, parts)[1] if cache_needed else None
-        fetched = _small_fetched(rec, msg, parts, cached)
-        if fetched is not None:
-            return fetched
-    elif msg is not None and not isinstance(msg, FsNotFound):
-        return _failed(loop, rec.uid, msg)  # reported at its turn
+        return _whole_fetched(rec, body, parts, cached)
+    if body is not None and not isinstance(body, FsNotFound):
+        return _failed(loop, rec.uid, body)  # reported at its turn
     return load(rec)  # the general path (which meets a missing file's expunge, too)
 
 
-async def _group_result(group: _Group) -> list[DboxMessage | Exception | None]:
-    """The messages of a group; all None (each then takes the general path, which meets
-    the problem again and reports it) if opening them together failed as a whole."""
+async def _group_result(group: _Group) -> list[bytes | Exception | None]:
+    """The bodies of a group; all None (each then takes the general path, which meets
+    the problem again and reports it) if reading them together failed as a whole."""
     try:
         return await group.task
     except Exception:
@@ -689,13 +702,13 @@ async def fetch_many(
                             break
                         group.append(records.popleft())
                     if group:
-                        # What can be opened at once (cached files) needs no task.
-                        done = mailbox.open_small_now(group, chunk)
-                        for rec, msg in zip(group, done, strict=False):
-                            window.append(_small_slot(loop, rec, msg, parts, cache_needed, load))
+                        # What can be read at once (cached files) needs no task.
+                        done = mailbox.read_small_bodies_now(group, chunk)
+                        for rec, body in zip(group, done, strict=False):
+                            window.append(_small_slot(loop, rec, body, parts, cache_needed, load))
                         rest = group[len(done) :]
                         if rest:
-                            task = loop.create_task(mailbox.open_small(rest, chunk))
+                            task = loop.create_task(mailbox.read_small_bodies(rest, chunk))
                             window.append(_Group(rest, task))
                         held += len(group)
                         continue
@@ -709,8 +722,8 @@ async def fetch_many(
             if isinstance(head, _Group):
                 opened = await _group_result(head)
                 window.popleft()  # (only now: until here the clean-up below owns it)
-                for rec, msg in zip(reversed(head.records), reversed(opened), strict=True):
-                    window.appendleft(_small_slot(loop, rec, msg, parts, cache_needed, load))
+                for rec, body in zip(reversed(head.records), reversed(opened), strict=True):
+                    window.appendleft(_small_slot(loop, rec, body, parts, cache_needed, load))
                 continue
             result = head if isinstance(head, FetchedMessage) else await head
             window.popleft()
@@ -731,8 +744,4 @@ async def fetch_many(
         for outcome in outcomes:
             if isinstance(outcome, FetchedMessage):
                 await outcome.aclose()
-            elif isinstance(outcome, list):  # a group's messages
-                for msg in outcome:
-                    if isinstance(msg, DboxMessage):
-                        await msg.aclose()
         await cache.aclose()

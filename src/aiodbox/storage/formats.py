@@ -40,7 +40,7 @@ from aiodbox.dbox.file import (
     SdboxWriter,
     create_mdbox_file,
     create_sdbox,
-    mdbox_message_from_span,
+    mdbox_body_from_span,
     mdbox_record_span,
     open_mdbox_file,
     open_mdbox_message,
@@ -48,7 +48,7 @@ from aiodbox.dbox.file import (
     open_sdbox_message,
     read_file_header,
     read_span,
-    sdbox_message_from_bytes,
+    sdbox_body_from_bytes,
 )
 from aiodbox.dbox.file_read import HEADER_HEAD_READ, MDBOX_WHOLE_READ, SDBOX_HEAD_READ
 from aiodbox.dbox.v2 import V2FileHeader
@@ -177,29 +177,31 @@ class MailFormat(abc.ABC):
         """Open a stored message for reading (``want_body``: a read-ahead hint)."""
 
     small_batches = False
-    """True if :meth:`open_small` reads many small messages in fewer round trips than
-    one :meth:`open_message` each."""
+    """True if :meth:`read_small_bodies` reads many small messages in fewer round trips
+    than one :meth:`open_message` each."""
     small_overlap = True
-    """Start the next :meth:`open_small` group while the last one is being delivered (its
-    reads take a round trip each); else a group is the whole prefetch window."""
+    """Start the next :meth:`read_small_bodies` group while the last one is being
+    delivered (its reads take a round trip each); else a group is the whole prefetch
+    window."""
 
-    async def open_small(
+    async def read_small_bodies(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
-        """Open small messages together, each read whole (body in memory).
+    ) -> list[bytes | Exception | None]:
+        """Read the IMAP bodies of small messages together, each whole, each checked as
+        :meth:`open_message` checks it; no message stays open.
 
-        Returns, per record: the message (its body served from memory); the error opening
-        it raised (``FsError``, ``DboxCorruptedError``); or None if :meth:`open_message`
-        must handle it (larger than ``limit``, a Dovecot v2 file).
+        Returns, per record: the body; the error reading it raised (``FsError``,
+        ``DboxCorruptedError``); or None if :meth:`open_message` must handle it (larger
+        than ``limit``, a Dovecot v2 file).
         """
         return [None] * len(recs)
 
-    def open_small_now(
+    def read_small_bodies_now(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
-        """:meth:`open_small` without waiting, as far as that goes: the results for the
-        first records (possibly none) that could be served at once; the others are left
-        to :meth:`open_small`."""
+    ) -> list[bytes | Exception | None]:
+        """:meth:`read_small_bodies` without waiting, as far as that goes: the results for
+        the first records (possibly none) that could be served at once; the others are
+        left to :meth:`read_small_bodies`."""
         return []
 
     def open_message_now(self, mailbox: MailboxInfo, rec: MailRecord) -> DboxMessage | None:
@@ -350,11 +352,11 @@ class SdboxFormat(MailFormat):
 
     small_batches = True
 
-    def open_small_now(
+    def read_small_bodies_now(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
+    ) -> list[bytes | Exception | None]:
         directory = self.user.mailbox_dir(mailbox.guid)
-        out: list[DboxMessage | Exception | None] = []
+        out: list[bytes | Exception | None] = []
         for rec in recs:
             if rec.file_name is None:
                 break
@@ -363,24 +365,24 @@ class SdboxFormat(MailFormat):
                 data = self.fs.read_small_file_now(path, limit)
             except BlockingIOError:
                 break
-            out.append(_small_message(path, data, rec))
+            out.append(_small_body(path, data, rec))
         return out
 
-    async def open_small(
+    async def read_small_bodies(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
+    ) -> list[bytes | Exception | None]:
         directory = self.user.mailbox_dir(mailbox.guid)
         named = [rec for rec in recs if rec.file_name is not None]  # no file: nothing to read
         paths = [f"{directory}/{rec.file_name}" for rec in named]
         read = await self.fs.read_small_files(paths, limit)
         found = {id(rec): (path, data) for rec, path, data in zip(named, paths, read, strict=True)}
-        out: list[DboxMessage | Exception | None] = []
+        out: list[bytes | Exception | None] = []
         for rec in recs:
             if id(rec) not in found:
                 out.append(None)
                 continue
             path, data = found[id(rec)]
-            out.append(data if isinstance(data, Exception) else _small_message(path, data, rec))
+            out.append(data if isinstance(data, Exception) else _small_body(path, data, rec))
         return out
 
     async def open_message(
@@ -763,22 +765,22 @@ class MdboxFormat(MailFormat):
         header: FileHeader,
         data: bytes,
         start: int,
-    ) -> list[DboxMessage | Exception | None]:
-        out: list[DboxMessage | Exception | None] = []
+    ) -> list[bytes | Exception | None]:
+        out: list[bytes | Exception | None] = []
         for r in recs[first:stop]:
             assert r.offset is not None and r.record_size is not None
             try:
                 out.append(
-                    mdbox_message_from_span(handle, header, r.offset, r.record_size, data, start)
+                    mdbox_body_from_span(handle, header, r.offset, r.record_size, data, start)
                 )
             except DboxCorruptedError as e:
                 out.append(e)
         return out
 
-    def open_small_now(
+    def read_small_bodies_now(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
-        out: list[DboxMessage | Exception | None] = []
+    ) -> list[bytes | Exception | None]:
+        out: list[bytes | Exception | None] = []
         for first, stop, start, end in self._runs(recs, limit):
             file_id = recs[first].file_id
             if not end or file_id is None:
@@ -794,11 +796,11 @@ class MdboxFormat(MailFormat):
             out += self._parse_run(recs, first, stop, handle, header, data, start)
         return out
 
-    async def open_small(
+    async def read_small_bodies(
         self, mailbox: MailboxInfo, recs: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
+    ) -> list[bytes | Exception | None]:
         """Records that lie one after the other in a file are read with one read."""
-        out: list[DboxMessage | Exception | None] = [None] * len(recs)
+        out: list[bytes | Exception | None] = [None] * len(recs)
         for first, stop, start, end in self._runs(recs, limit):
             file_id = recs[first].file_id
             if not end or file_id is None:
@@ -850,13 +852,12 @@ def make_format(name: str, user: User) -> MailFormat:
     raise ValueError(f"unknown mail format {name!r}")
 
 
-def _small_message(
-    path: str, data: bytes | None, rec: MailRecord
-) -> DboxMessage | DboxCorruptedError | None:
-    """The message of an sdbox file read whole (None: it was larger than the limit)."""
+def _small_body(path: str, data: bytes | None, rec: MailRecord) -> bytes | Exception | None:
+    """The IMAP body of an sdbox file read whole (None: it was larger than the limit, or
+    a file :meth:`SdboxFormat.open_message` must serve)."""
     if data is None:
         return None
     try:
-        return sdbox_message_from_bytes(path, data, body_size=rec.size)
+        return sdbox_body_from_bytes(path, data, rec.size)
     except DboxCorruptedError as e:
         return e

@@ -848,25 +848,26 @@ class Mailbox:
                 raise
             return await fmt.open_message(self.info, fresh, want_body=want_body)
 
-    async def open_small(
+    async def read_small_bodies(
         self, records: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
-        """Open small messages together, each with its body read whole (in memory).
+    ) -> list[bytes | Exception | None]:
+        """Read the IMAP bodies of small messages together, each whole and checked as
+        :meth:`open_message` checks it; nothing stays open.
 
-        Returns, per record in order: the open message (the caller owns it); the error
-        opening it raised (``FsError``, ``FsNotFound`` when the file is gone, or
-        ``DboxCorruptedError``); or None where :meth:`open_message` must be used instead
-        (larger than ``limit`` bytes, a format that cannot do better: all None).
+        Returns, per record in order: the body; the error reading it raised
+        (``FsError``, ``FsNotFound`` when the file is gone, or ``DboxCorruptedError``);
+        or None where :meth:`open_message` must be used instead (larger than ``limit``
+        bytes, a Dovecot v2 file, a format that cannot do better: all None).
         """
-        return await self.user.format.open_small(self.info, records, limit)
+        return await self.user.format.read_small_bodies(self.info, records, limit)
 
-    def open_small_now(
+    def read_small_bodies_now(
         self, records: Sequence[MailRecord], limit: int
-    ) -> list[DboxMessage | Exception | None]:
-        """:meth:`open_small` for as many of the first ``records`` as can be opened
+    ) -> list[bytes | Exception | None]:
+        """:meth:`read_small_bodies` for as many of the first ``records`` as can be read
         without waiting (their files in the page cache): their results, in order; the
-        rest are for :meth:`open_small`."""
-        return self.user.format.open_small_now(self.info, records, limit)
+        rest are for :meth:`read_small_bodies`."""
+        return self.user.format.read_small_bodies_now(self.info, records, limit)
 
     async def set_cache(self, uid: int, cache: bytes) -> None:
         """Store parsed-structure cache bytes for ``uid`` (no modseq change)."""

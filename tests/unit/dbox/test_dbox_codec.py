@@ -37,7 +37,10 @@ from aiodbox.dbox import (
 from aiodbox.dbox.file_read import (
     DboxCorruptedError,
     _BytesHandle,
+    mdbox_body_from_span,
     mdbox_message_from_span,
+    memory_body_stream,
+    sdbox_body_from_bytes,
     sdbox_message_from_bytes,
 )
 from aiodbox.dbox.format import (
@@ -627,14 +630,40 @@ def test_fast_readers_agree_with_the_general_ones(
             parse_metadata(data[block_at : len(data) - END_LEN]),
         )
 
+    def bodies() -> tuple[object, object]:
+        """What FETCH's small-body readers give: mdbox (the record at the header's end)
+        and sdbox (the whole file)."""
+        known = FileHeader(sep=SEP, ctime=CTIME, length=len(header))
+        got: list[object] = []
+        for read in (
+            lambda: mdbox_body_from_span(
+                _BytesHandle("m.1", data), known, len(header), len(body), data, 0
+            ),
+            lambda: sdbox_body_from_bytes("u.1", data, len(body)),
+        ):
+            try:
+                got.append(read())
+            except DboxCorruptedError:
+                got.append("corrupted")
+        return got[0], got[1]
+
     fast = read_all(len(body))
+    fast_bodies = bodies()
     saved = (codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER)
     codec._CANONICAL_TRAILER = codec._CANONICAL_METADATA = codec._FILE_HEADER = _NEVER
     try:
         general = read_all(None)
+        general_bodies = bodies()
     finally:
         codec._CANONICAL_TRAILER, codec._CANONICAL_METADATA, codec._FILE_HEADER = saved
     assert fast == general
+    # The body readers slice the usual record and parse any other: the same answer.
+    assert fast_bodies == general_bodies
+    if isinstance(general[1], Record):
+        assert fast_bodies[0] == body
+    else:
+        assert fast_bodies[0] in ("corrupted", None)
+    assert fast_bodies[1] == (body if isinstance(general[3], Record) else "corrupted")
 
     # The spans FETCH locates small bodies by (an mdbox record, a whole sdbox file) are
     # found only where the general readers find the same record, and the messages built
@@ -672,3 +701,18 @@ def test_fast_readers_agree_with_the_general_ones(
     assert msg.preloaded_body() == body
     assert msg.metadata == tail.metadata
     assert (msg.guid, msg.received) == (tail.metadata.guid, tail.metadata.received)
+
+
+async def test_memory_body_stream_serves_ranges() -> None:
+    """A body held in memory streams like a preloaded message's (FETCH's small bodies)."""
+    data = b"Subject: x\r\n\r\nhello world\r\n"
+    assert await memory_body_stream(data).read_all(1000) == data
+    assert await memory_body_stream(data, 3, 9).read_all(1000) == data[3:9]
+    assert await memory_body_stream(data, 20, None).read_all(1000) == data[20:]
+    assert await memory_body_stream(data, 500, 600).read_all(1000) == b""
+    stream = memory_body_stream(data, 4, 8)
+    assert (stream.size, stream.position) == (4, 4)
+    with pytest.raises(ValueError):
+        memory_body_stream(data, 5, 4)
+    with pytest.raises(ValueError):
+        memory_body_stream(data, -1)
