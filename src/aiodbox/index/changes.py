@@ -99,6 +99,14 @@ class DirectoryChanges:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    def _changed(self, *, mailbox_list: bool = False) -> None:
+        """Count a write (with ``mailbox_list``, also a change of the mailbox list) and
+        wake :meth:`wait_past`."""
+        self.generation += 1
+        if mailbox_list:
+            self.list_generation += 1
+        self._wake()
+
     def _wake(self) -> None:
         if not self._waiters:
             return
@@ -156,9 +164,8 @@ class _Watcher:
         for listeners in self.by_wd.values():
             for c in listeners:  # nobody counts their writes any more
                 c.alive = False
-                c.generation += 1
                 c._watcher = None
-                c._wake()
+                c._changed()
         self.by_wd.clear()
         if _watchers.get(self.loop) is self:
             del _watchers[self.loop]
@@ -190,15 +197,12 @@ class _Watcher:
                 if mask & _IN_IGNORED:
                     for c in listeners:
                         c.alive = False
-                        c.generation += 1
-                        c.list_generation += 1
-                        c._wake()
+                        c._changed(mailbox_list=True)
                     self.by_wd.pop(wd, None)
                     continue
                 if name.startswith(_NAME_PREFIX) and not name.endswith(b"-shm"):
                     for c in listeners:
-                        c.generation += 1
-                        c._wake()
+                        c._changed()
                 elif name == _LIST_MARKER:
                     for c in listeners:
                         c.list_generation += 1
@@ -206,9 +210,7 @@ class _Watcher:
     def _bump_all(self) -> None:
         for listeners in self.by_wd.values():
             for c in listeners:
-                c.generation += 1
-                c.list_generation += 1
-                c._wake()
+                c._changed(mailbox_list=True)
 
     def _fail_all(self) -> None:
         self.close()

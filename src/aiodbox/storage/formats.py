@@ -62,11 +62,12 @@ if TYPE_CHECKING:
     from aiodbox.storage.storage import MailboxInfo, User
 
 METADATA_ALLOWANCE = 512
-MDBOX_RUN_GAP = 4096
-"""Records at most this far apart in an mdbox file are read together (``open_small``)."""
-MDBOX_RUN_MAX = 256 << 10
-"""Largest read ``open_small`` makes for records that lie one after the other."""
 """Bytes assumed for a record's metadata when checking the rotate size (the seed)."""
+MDBOX_RUN_GAP = 4096
+"""Records at most this far apart in an mdbox file are read together
+(``read_small_bodies``)."""
+MDBOX_RUN_MAX = 256 << 10
+"""Largest read ``read_small_bodies`` makes for records that lie one after the other."""
 
 
 @dataclass
