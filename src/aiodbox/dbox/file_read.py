@@ -852,6 +852,14 @@ def mdbox_message_from_span(
             lambda: record_metadata(data, rel, header.sep, body_size),
             preload=(offset + len(RECORD_START), data[start : start + body_size]),
         )
+    return _mdbox_message_parsed(handle, header, offset, body_size, data, rel)
+
+
+def _mdbox_message_parsed(
+    handle: FileHandle, header: FileHeader, offset: int, body_size: int, data: bytes, rel: int
+) -> DboxMessage | None:
+    """:func:`mdbox_message_from_span` for a record :func:`record_span` did not accept
+    (at ``data[rel]``): the general reader says what it is."""
     stop = rel + mdbox_record_span(offset, body_size)
     window = data if rel == 0 and stop >= len(data) else data[rel:stop]
     record = read_record(window, header.sep, body_size, offset=offset)
@@ -1015,7 +1023,6 @@ def sdbox_message_from_bytes(
     Raises:
         DboxCorruptedError: the file is not a valid sdbox file (the codec's reason).
     """
-    size = len(data)
     span = None if body_size is None else sdbox_body_span(data, body_size)
     if span is not None:  # the usual file: located without decoding anything
         start, end = span
@@ -1024,10 +1031,17 @@ def sdbox_message_from_bytes(
             _BytesHandle(path, data),
             start - len(RECORD_START),
             stored,
-            size,
+            len(data),
             lambda: _sdbox_metadata(data, stored),
             preload=(0, data),
         )
+    return _sdbox_message_parsed(path, data, body_size)
+
+
+def _sdbox_message_parsed(path: str, data: bytes, body_size: int | None) -> DboxMessage | None:
+    """:func:`sdbox_message_from_bytes` for a file :func:`sdbox_body_span` did not accept:
+    the general readers say what it is."""
+    size = len(data)
     header = _parse_any_header(data, True)
     if isinstance(header, V2FileHeader):
         return None
@@ -1060,7 +1074,7 @@ def sdbox_body_from_bytes(path: str, data: bytes, body_size: int) -> bytes | Non
     span = sdbox_body_span(data, body_size)
     if span is not None:
         return data[span[0] : span[1]]
-    msg = sdbox_message_from_bytes(path, data, body_size=body_size)
+    msg = _sdbox_message_parsed(path, data, body_size)
     return None if msg is None else msg.preloaded_body()
 
 
@@ -1085,10 +1099,12 @@ def mdbox_body_from_span(
         DboxCorruptedError: the record is damaged.
     """
     rel = offset - data_offset
-    if 0 <= rel < len(data) and record_span(data, rel, header.sep, body_size) is not None:
+    if rel < 0 or rel >= len(data):
+        return None
+    if record_span(data, rel, header.sep, body_size) is not None:
         start = rel + len(RECORD_START)
         return data[start : start + body_size]
-    msg = mdbox_message_from_span(handle, header, offset, body_size, data, data_offset)
+    msg = _mdbox_message_parsed(handle, header, offset, body_size, data, rel)
     return None if msg is None else msg.preloaded_body()
 
 
