@@ -371,6 +371,42 @@ async def test_write_file_creates_replaces_and_refuses_a_taken_name(
         assert os.listdir(tmp_path / "root" / "d" / "e") == ["f"]
 
 
+async def test_stage_file_is_named_only_when_published(
+    fs: FS, fs_spec: str, tmp_path: Path
+) -> None:
+    await fs.write_file("d/u.1", b"taken", CreateMode.FAIL_IF_EXISTS)
+    staged = await fs.stage_file("d", b"staged data")
+    if staged is None:  # the backend cannot stage: then it wrote nothing
+        assert fs_spec != "posix", "the posix backend stages files"
+        assert [n async for n in fs.iterate("d")] == ["d/u.1"]
+        if is_posix(fs_spec):
+            assert os.listdir(tmp_path / "root" / "d") == ["u.1"]
+        return
+    assert staged.directory == "d" and staged.size == len(b"staged data")
+    assert [n async for n in fs.iterate("d")] == ["d/u.1"]  # nothing visible yet
+    # The naming calls block: a worker thread makes them (an index job in the store).
+    with pytest.raises(FileExistsError):
+        await asyncio.to_thread(staged.publish_blocking, "u.1")
+    assert await fs.read_file("d/u.1") == b"taken"  # a taken name is never replaced
+    await asyncio.to_thread(staged.publish_blocking, "u.2")
+    await asyncio.to_thread(staged.sync_directory_blocking)
+    assert await fs.read_file("d/u.2") == b"staged data"
+    await staged.discard()  # published: nothing to discard
+    assert sorted([n async for n in fs.iterate("d")]) == ["d/u.1", "d/u.2"]
+    if is_posix(fs_spec):  # no temp name left behind
+        assert sorted(os.listdir(tmp_path / "root" / "d")) == ["u.1", "u.2"]
+    await asyncio.to_thread(staged.unpublish_blocking, "u.2")
+    assert not await fs.exists("d/u.2")
+
+    other = await fs.stage_file("d/new", b"x")  # missing parents are made
+    assert other is not None
+    await other.discard()
+    await other.discard()  # idempotent
+    assert [n async for n in fs.iterate("d/new")] == []
+    if is_posix(fs_spec):
+        assert os.listdir(tmp_path / "root" / "d" / "new") == []
+
+
 # --------------------------------------------------------------- locks
 
 

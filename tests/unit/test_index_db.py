@@ -334,6 +334,48 @@ async def test_writes_queued_together_commit_together_and_a_failing_one_alone_is
     await db.close()
 
 
+async def test_before_commit_actions_run_once_per_key_before_the_group_commits(
+    tmp_path: Path,
+) -> None:
+    db = await IndexDB.open(tmp_path / "index.sqlite")
+    await db.write(_make_table)
+    ran: list[tuple[str, list[int]]] = []
+    path = str(tmp_path / "index.sqlite")
+
+    def committed_keys() -> list[int]:  # what another connection sees: nothing yet
+        with sqlite3.connect(path) as other:
+            return [r[0] for r in other.execute("SELECT k FROM t ORDER BY k")]
+
+    def job(k: int, key: str) -> Callable[[sqlite3.Connection], int]:
+        def fn(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, "v"))
+            db_module.before_commit(key, lambda: ran.append((key, committed_keys())))
+            return k
+
+        return fn
+
+    outcomes = await _queued_together(db, [job(1, "dir-a"), job(2, "dir-a"), job(3, "dir-b")])
+    assert outcomes == [1, 2, 3]
+    assert ran == [("dir-a", []), ("dir-b", [])]  # once per key, all before the COMMIT
+    assert await db.read(_keys) == [1, 2, 3]
+
+    def failing_action() -> None:
+        raise OSError(5, "simulated directory fsync failure")
+
+    def job_with_failing_action(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t (k, v) VALUES (5, 'v')")
+        db_module.before_commit("dir-c", failing_action)
+        return 5
+
+    outcomes = await _queued_together(db, [_insert(4), job_with_failing_action])
+    assert all(isinstance(o, OSError) for o in outcomes)  # the whole group failed
+    assert await db.read(_keys) == [1, 2, 3]  # and nothing of it was committed
+    assert await db.write(_insert(6)) == 6  # the writer goes on normally
+    with pytest.raises(RuntimeError):
+        db_module.before_commit("x", lambda: None)  # only inside a write job
+    await db.close()
+
+
 async def test_a_job_that_ends_the_group_transaction_fails_those_before_it_only(
     tmp_path: Path,
 ) -> None:

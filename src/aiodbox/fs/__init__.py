@@ -14,6 +14,7 @@ from aiodbox.fs.api import (
     FsyncPolicy,
     OpenMode,
     Perms,
+    StagedFile,
 )
 from aiodbox.fs.errors import (
     FsClosed,
@@ -48,6 +49,7 @@ __all__ = [
     "FsyncPolicy",
     "OpenMode",
     "Perms",
+    "StagedFile",
     "fs_error",
     "open_fs",
     "parse_duration",

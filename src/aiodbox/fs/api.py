@@ -430,6 +430,41 @@ class FileHandle(abc.ABC):
         await self.aclose()
 
 
+class StagedFile(abc.ABC):
+    """A complete file, durable as the FS's fsync policy asks, under a temporary name in
+    ``directory`` that nothing lists or reads (see :meth:`FS.stage_file`).
+
+    The blocking methods do file system calls and wait for them: they are for a worker
+    thread (an index job naming the file inside its transaction), never the event loop.
+    """
+
+    directory: str
+    size: int
+
+    @abc.abstractmethod
+    def publish_blocking(self, name: str) -> None:
+        """Give the file its final name ``directory/name``: visible from now on, durable
+        once :meth:`sync_directory_blocking` returned.  Blocking.
+
+        Raises:
+            FileExistsError: ``name`` is taken (the staged file keeps its temp name).
+            OSError: anything else; the file keeps its temp name.
+        """
+
+    @abc.abstractmethod
+    def unpublish_blocking(self, name: str) -> None:
+        """Take the final name ``name`` back (the file is gone).  Blocking."""
+
+    @abc.abstractmethod
+    def sync_directory_blocking(self) -> None:
+        """Make the names given in ``directory`` so far durable (per the fsync policy).
+        Blocking."""
+
+    @abc.abstractmethod
+    async def discard(self) -> None:
+        """Remove the file if it was never published (idempotent; errors are logged)."""
+
+
 class FS(abc.ABC):
     """A filesystem backend or a wrapper stacked on one.
 
@@ -556,6 +591,17 @@ class FS(abc.ABC):
                 was started): use :meth:`read_small_files`, which also reports errors.
         """
         raise BlockingIOError(errno.EAGAIN, "no immediate reads")
+
+    async def stage_file(self, directory: str, data: bytes) -> StagedFile | None:
+        """Write ``data`` to a new file in ``directory`` that stays unnamed (a temp name
+        nothing lists) until :meth:`StagedFile.publish_blocking` names it: a store can
+        then name files inside its own index transaction.  Creates missing parents.
+
+        Returns:
+            The staged file, or None where the backend cannot do this (names cost
+            nothing to take back on a local disk only): use :meth:`write_file`.
+        """
+        return None
 
     async def write_file(
         self,

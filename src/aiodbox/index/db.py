@@ -258,6 +258,7 @@ class _Serial:
     ) -> None:
         """Run ``jobs`` in one ``BEGIN IMMEDIATE`` … ``COMMIT`` (group commit), each in a
         savepoint when there are several, so a job that raises undoes only itself.
+        The jobs' :func:`before_commit` actions run just before the ``COMMIT``.
         Every result is delivered after the ``COMMIT``: the changes are visible then.
 
         The group holds the writers' lock file (``flock``) meanwhile: another process's
@@ -293,7 +294,6 @@ class _Serial:
         pool: WorkerPool,
         jobs: list[tuple[Callable[[sqlite3.Connection], Any] | None, asyncio.Future[Any]]],
     ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
@@ -301,6 +301,21 @@ class _Serial:
             for _fn, future in jobs:
                 pool.complete(future, None, e)
             return
+        actions: dict[object, Callable[[], None]] = {}
+        _group.actions = actions
+        try:
+            self._run_jobs(pool, conn, jobs, actions)
+        finally:
+            _group.actions = None
+
+    def _run_jobs(
+        self,
+        pool: WorkerPool,
+        conn: sqlite3.Connection,
+        jobs: list[tuple[Callable[[sqlite3.Connection], Any] | None, asyncio.Future[Any]]],
+        actions: dict[object, Callable[[], None]],
+    ) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             single = len(jobs) == 1
             for i, (fn, future) in enumerate(jobs):
@@ -330,6 +345,8 @@ class _Serial:
                     conn.execute("ROLLBACK")
             else:
                 try:
+                    for action in actions.values():
+                        action()
                     conn.execute("COMMIT")
                 except BaseException as e:
                     outcomes = [(f, None, err or e) for f, _r, err in outcomes]
@@ -358,6 +375,27 @@ class _Serial:
             pool.complete(future, None, own or error)
         with self._lock:
             self._jobs[:0] = [(fn, future, True) for fn, future in rest]
+
+
+class _Group(threading.local):
+    actions: dict[object, Callable[[], None]] | None = None
+
+
+_group = _Group()
+
+
+def before_commit(key: object, action: Callable[[], None]) -> None:
+    """From inside a :meth:`IndexDB.write` job: run ``action`` (blocking, in the writer
+    thread) after every job of the group ran and before its ``COMMIT``; jobs of one group
+    that pass the same ``key`` share one run.  If it raises, nothing of the group is
+    committed and every job of it fails with that error.
+
+    A store uses it to make the files its jobs named durable (one directory fsync for
+    the group) before the rows that point at them are."""
+    actions = _group.actions
+    if actions is None:
+        raise RuntimeError("before_commit outside an index write job")
+    actions.setdefault(key, action)
 
 
 def _undo_savepoint(conn: sqlite3.Connection) -> bool:

@@ -52,7 +52,8 @@ from aiodbox.dbox.file import (
 )
 from aiodbox.dbox.file_read import HEADER_HEAD_READ, MDBOX_WHOLE_READ, SDBOX_HEAD_READ
 from aiodbox.dbox.v2 import V2FileHeader
-from aiodbox.fs import FS, CreateMode, FileHandle, FsError, FsNotFound
+from aiodbox.fs import FS, CreateMode, FileHandle, FsError, FsNotFound, StagedFile
+from aiodbox.index.db import before_commit
 from aiodbox.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -80,6 +81,16 @@ class Location:
     offset: int | None = None
     record_size: int | None = None
     file_size: int | None = None  # mdbox: the file's size after the commit
+
+
+@dataclass
+class StagedSave:
+    """A save's data written whole under a temp name (:meth:`MailFormat.stage_saves`),
+    named by the index job that makes it visible."""
+
+    file: StagedFile
+    imap_size: int
+    name: str | None = None  # its final name once the index job gave it one
 
 
 class SaveHandle(abc.ABC):
@@ -132,6 +143,24 @@ class MailFormat(abc.ABC):
         self, mailbox: MailboxInfo, handles: list[SaveHandle], uids: list[int]
     ) -> list[Location]:
         """Make the records durable under their final names (before the index tx)."""
+
+    async def stage_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle]
+    ) -> list[StagedSave] | None:
+        """Write the saves' data whole under temp names, durable, so that the index job
+        can name them and insert their rows in one step (no UID reservation before: one
+        index round trip less per save).  None where this format or FS cannot (then
+        nothing was written: use :meth:`commit_saves`)."""
+        return None
+
+    def name_staged_in_tx(self, staged: StagedSave, uid: int) -> Location:
+        """In the index job: give ``staged`` its final name for ``uid`` (durable with the
+        job's ``COMMIT``).  Raises ``FileExistsError`` if that name is taken."""
+        raise NotImplementedError
+
+    def unname_staged_in_tx(self, staged: StagedSave) -> None:
+        """In the index job: take back the name :meth:`name_staged_in_tx` gave."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def copy_files(
@@ -244,6 +273,7 @@ class _SdboxSave(SaveHandle):
         self.received = received
         self.writer = writer
         self.small = small
+        self._small_file: bytes | None = None
         self.aborted = False
 
     async def write(self, chunk: bytes) -> None:
@@ -264,10 +294,17 @@ class _SdboxSave(SaveHandle):
     async def finish_data(self) -> None:
         return None
 
+    def small_file(self) -> bytes:
+        """The whole file of a message built in memory (made once)."""
+        assert self.small is not None
+        if self._small_file is None:
+            self._small_file = self.small.finish()
+        return self._small_file
+
     async def commit(self, name: str) -> int:
         """Make the file visible, complete, as ``name``; return the stored body size."""
         if self.small is not None:
-            data = self.small.finish()
+            data = self.small_file()
             await self.fs.write_file(f"{self.directory}/{name}", data, CreateMode.FAIL_IF_EXISTS)
             self.committed = True
             return self.small.metadata.size
@@ -313,6 +350,46 @@ class SdboxFormat(MailFormat):
             return Location(await h.commit(name), file_name=name)
 
         return list(await asyncio.gather(*(one(h, u) for h, u in zip(handles, uids, strict=True))))
+
+    async def stage_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle]
+    ) -> list[StagedSave] | None:
+        """Messages built in memory are staged whole (one engine job each) where the FS
+        can stage; streamed ones are not."""
+        if not all(isinstance(h, _SdboxSave) and h.small is not None for h in handles):
+            return None
+        directory = self.user.mailbox_dir(mailbox.guid)
+
+        async def one(h: SaveHandle) -> StagedSave | None:
+            assert isinstance(h, _SdboxSave) and h.small is not None
+            data = h.small_file()
+            staged = await self.fs.stage_file(directory, data)
+            return None if staged is None else StagedSave(staged, h.small.metadata.size)
+
+        first = await one(handles[0])
+        if first is None:
+            return None
+        rest = await asyncio.gather(*(one(h) for h in handles[1:]), return_exceptions=True)
+        out = [first, *(r for r in rest if isinstance(r, StagedSave))]
+        errors = [r for r in rest if isinstance(r, BaseException)]
+        if errors:
+            for st in out:
+                await st.file.discard()
+            raise errors[0]
+        return out
+
+    def name_staged_in_tx(self, staged: StagedSave, uid: int) -> Location:
+        name = f"u.{uid}"
+        staged.file.publish_blocking(name)
+        staged.name = name
+        file = staged.file
+        before_commit(("sdbox-dir", file.directory), file.sync_directory_blocking)
+        return Location(staged.imap_size, file_name=name)
+
+    def unname_staged_in_tx(self, staged: StagedSave) -> None:
+        if staged.name is not None:
+            staged.file.unpublish_blocking(staged.name)
+            staged.name = None
 
     async def copy_files(
         self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]

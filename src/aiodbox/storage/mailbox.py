@@ -22,6 +22,11 @@ DESIGN.md §6:
 A crash after 2 or 3 leaves message files that no row points at; ``pending`` says which,
 and the next sync (or fsck) adopts them.  A crash never leaves a row pointing at missing
 data, and the caller gets its result only after step 4.
+
+*Staged saves* skip step 2 (see :meth:`Transaction._commit_staged`): where the format can
+stage every save's data whole under a temp name (sdbox messages built in memory, on a
+local disk) and nothing is copied, one index job takes the UIDs, names the files, and
+inserts the rows, with the directory fsynced before its ``COMMIT``.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiodbox.fs import FsNotFound
 from aiodbox.fs.paths import pid_alive
@@ -41,7 +47,7 @@ from aiodbox.index.db import read_data_version
 from aiodbox.index.schema import FLAG_BITS
 from aiodbox.random_ids import new_uuid4_hex
 from aiodbox.storage.errors import MailboxNotFound, MessageNotFound, StorageError
-from aiodbox.storage.formats import SaveContext, SaveHandle
+from aiodbox.storage.formats import Location, SaveContext, SaveHandle, StagedSave
 from aiodbox.storage.view import MailboxView, ViewColumns, build_columns
 
 if TYPE_CHECKING:
@@ -51,6 +57,9 @@ if TYPE_CHECKING:
     from aiodbox.storage.fetch import FetchedMessage, FetchParts
     from aiodbox.storage.search import Criterion
     from aiodbox.storage.storage import MailboxInfo, User
+
+log = logging.getLogger("aiodbox.storage")
+_T = TypeVar("_T")
 
 ALL_FLAGS = sum(FLAG_BITS.values())
 DELETED = FLAG_BITS["\\Deleted"]
@@ -307,6 +316,7 @@ class Transaction:
         copy_records = [r for c in self._copies for r in c.records]
         pid = os.getpid()
         now = time.time()
+        live_rows = user.uid_order.live_rows
 
         # 2. reserve UIDs (and record what is pending, for crash recovery)
         explicit = [s.uid for s in self._saves if s.uid is not None]
@@ -314,6 +324,11 @@ class Transaction:
             len(explicit) != n_saves or any(a >= b for a, b in itertools.pairwise(explicit))
         ):
             raise StorageError("explicit UIDs must be given for every save, ascending")
+
+        if n_saves and not explicit and not copy_records:
+            staged = await fmt.stage_saves(mbox.info, [s.handle for s in self._saves])
+            if staged is not None:
+                return await self._commit_staged(mbox, user, fmt, staged)
 
         def reserve(conn: sqlite3.Connection) -> tuple[int, int, list[int]]:
             first = dest_first = 0
@@ -332,6 +347,7 @@ class Transaction:
                 )
                 assert cur.lastrowid is not None
                 pending.append(cur.lastrowid)
+                live_rows.add(cur.lastrowid)  # (before a staged save's job can look)
                 uids = explicit or list(range(first, first + n_saves))
                 for s, uid in zip(self._saves, uids, strict=True):
                     where = fmt.pending_location(s.handle)
@@ -352,6 +368,7 @@ class Transaction:
                 )
                 assert cur.lastrowid is not None
                 pending.append(cur.lastrowid)
+                live_rows.add(cur.lastrowid)
             return first, dest_first, pending
 
         need_reserve = n_saves or copy_records
@@ -379,7 +396,6 @@ class Transaction:
             save_date = int(time.time())
 
             own_rows = frozenset(pending_ids)
-            live_rows = user.uid_order.live_rows
 
             def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
                 if wait_for_others and _lower_reservations_pending(
@@ -390,28 +406,9 @@ class Transaction:
                 modified: list[int] = []
                 if saves or flag_changes:
                     modseq = _bump_modseq(conn, mbox.info.id)
-                for s, uid, loc in zip(saves, saved_uids, locations, strict=True):
-                    file_name, map_uid = fmt.location_in_tx(conn, loc)
-                    conn.execute(
-                        "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
-                        " internal_date, internal_tz, save_date, size, file_name, map_uid)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            mbox.info.id,
-                            uid,
-                            s.guid,
-                            s.flags,
-                            " ".join(s.keywords),
-                            modseq,
-                            s.internal_date,
-                            s.internal_tz,
-                            save_date,
-                            loc.imap_size,
-                            file_name,
-                            map_uid,
-                        ),
-                    )
-                    _add_mailbox_keywords(conn, mbox.info.id, s.keywords)
+                _insert_saves(
+                    conn, fmt, mbox.info.id, saves, saved_uids, locations, modseq, save_date
+                )
                 for change in flag_changes:
                     modified += _apply_flags(conn, mbox.info.id, change, modseq)
                 if copy_records and dest is not None:
@@ -463,6 +460,129 @@ class Transaction:
             modseq,
         )
 
+    async def _commit_staged(
+        self, mbox: Mailbox, user: User, fmt: Any, staged: list[StagedSave]
+    ) -> CommitResult:
+        """Steps 2 to 4 in one index job, for saves whose data the format staged whole
+        (:meth:`MailFormat.stage_saves`; sdbox messages built in memory on a local disk):
+        the job takes the next UIDs, names the files after them, inserts the rows, and
+        the files' directory is fsynced before the ``COMMIT`` (once per group of jobs).
+        No ``pending`` row and no reservation round trip.  UID order holds because the
+        UIDs are taken inside the transaction that makes them visible, and only when no
+        lower reservation is still being saved.
+
+        A crash between naming and ``COMMIT`` leaves a file above the index's UIDNEXT
+        that no row points at: the next staged save finds the name taken and uses the
+        next UID (logged), and fsck adopts the file.
+        """
+        saves = self._saves
+        flag_changes = self._flags
+        mailbox_id = mbox.info.id
+        live_rows = user.uid_order.live_rows
+        save_date = int(time.time())
+
+        def apply(conn: sqlite3.Connection, wait_for_others: bool) -> _StagedOutcome:
+            uid = _uidnext(conn, mailbox_id)
+            if wait_for_others and _lower_reservations_pending(
+                conn, [(mailbox_id, uid)], frozenset(), live_rows
+            ):
+                raise _LowerUidsPending
+            uids: list[int] = []
+            locations: list[Location] = []
+            try:
+                for st in staged:
+                    while True:
+                        try:
+                            locations.append(fmt.name_staged_in_tx(st, uid))
+                            break
+                        except FileExistsError:
+                            log.warning(
+                                "%s uid %d: its file exists without an index row (a crash?);"
+                                " saved as uid %d, fsck adopts the file",
+                                mbox.info.name,
+                                uid,
+                                uid + 1,
+                            )
+                            uid += 1
+                    uids.append(uid)
+                    uid += 1
+                conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (uid, mailbox_id))
+                modseq = _bump_modseq(conn, mailbox_id)
+                _insert_saves(conn, fmt, mailbox_id, saves, uids, locations, modseq, save_date)
+                modified = [
+                    m
+                    for change in flag_changes
+                    for m in _apply_flags(conn, mailbox_id, change, modseq)
+                ]
+            except BaseException:
+                _unname_all(fmt, staged)
+                raise
+            return uids, modseq, modified
+
+        try:
+            saved_uids, modseq, modified = await _write_in_turn(user, apply, [])
+        except BaseException:
+            # The job named files, but its group was not committed: take the names back.
+            for st in staged:
+                if st.name is not None:
+                    await fmt.discard_committed(mbox.info, [Location(0, file_name=st.name)])
+                    st.name = None
+            raise
+        finally:
+            for st in staged:
+                await st.file.discard()  # (a no-op for a named file)
+        for s in saves:
+            s.handle.committed = True
+        await mbox.refresh()
+        return CommitResult(saved_uids, [], None, modified, modseq)
+
+
+_StagedOutcome = tuple[list[int], int, list[int]]
+
+
+def _unname_all(fmt: Any, staged: list[StagedSave]) -> None:
+    """In the index job that failed: take back the names it gave (logged if impossible:
+    fsck adopts such a file)."""
+    for st in staged:
+        try:
+            fmt.unname_staged_in_tx(st)
+        except OSError as e:
+            log.error("cannot take back %s after a failed save: %s", st.name, e)
+
+
+def _insert_saves(
+    conn: sqlite3.Connection,
+    fmt: Any,
+    mailbox_id: int,
+    saves: list[_PendingSave],
+    uids: list[int],
+    locations: list[Location],
+    modseq: int,
+    save_date: int,
+) -> None:
+    for s, uid, loc in zip(saves, uids, locations, strict=True):
+        file_name, map_uid = fmt.location_in_tx(conn, loc)
+        conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
+            " internal_date, internal_tz, save_date, size, file_name, map_uid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                mailbox_id,
+                uid,
+                s.guid,
+                s.flags,
+                " ".join(s.keywords),
+                modseq,
+                s.internal_date,
+                s.internal_tz,
+                save_date,
+                loc.imap_size,
+                file_name,
+                map_uid,
+            ),
+        )
+        _add_mailbox_keywords(conn, mailbox_id, s.keywords)
+
 
 OTHER_PROCESS_WAIT_LIMIT = 5.0
 """Seconds a commit waits for another process's lower UIDs before it goes ahead anyway
@@ -506,9 +626,9 @@ def _lower_reservations_pending(
 
 async def _write_in_turn(
     user: User,
-    apply: Callable[[sqlite3.Connection, bool], tuple[int, list[int]]],
+    apply: Callable[[sqlite3.Connection, bool], _T],
     turns: list[tuple[int, int]],
-) -> tuple[int, list[int]]:
+) -> _T:
     """Queue ``apply`` as an index write (letting this process's later transactions queue
     theirs behind it); it goes ahead once no lower UIDs are still being saved.  Until
     then it is retried whenever some process wrote to the index (the lower save's commit
@@ -522,7 +642,7 @@ async def _write_in_turn(
         wait = loop.time() < deadline
         seen = user.db.change_generation
 
-        def attempt(conn: sqlite3.Connection, wait: bool = wait) -> tuple[int, list[int]]:
+        def attempt(conn: sqlite3.Connection, wait: bool = wait) -> _T:
             return apply(conn, wait)
 
         try:
@@ -540,6 +660,13 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
         if k.lower() not in {s.lower() for s in seen}:
             seen[k] = None
     return tuple(seen)
+
+
+def _uidnext(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise MailboxNotFound("the mailbox was deleted")
+    return int(row[0])
 
 
 def _bump_uidnext(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:

@@ -41,6 +41,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -56,10 +57,12 @@ from aiodbox.fs.api import (
     FsyncPolicy,
     OpenMode,
     Perms,
+    StagedFile,
 )
 from aiodbox.fs.errors import FsClosed, FsError, FsNotFound, FsNotSupported, fs_error
 
 _normalize_path = paths.normalize  # (``paths`` is also a parameter name below)
+log = logging.getLogger(__name__)
 
 DEFAULT_READAHEAD = 64 * 1024
 DEFAULT_SMALL_FILE = 128 * 1024
@@ -215,6 +218,31 @@ class Engine(abc.ABC):
             await self.close([fd])
 
         return asyncio.ensure_future(run())
+
+    stages = False
+    """The engine can stage files (:meth:`write_temp` and the blocking ``*_now`` naming
+    calls below), so :meth:`LocalFS.stage_file` offers it."""
+
+    def write_temp(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> asyncio.Future[None]:
+        """Create ``directory/temp_name`` (and missing parents) holding ``data``, durable
+        per ``policy``, and close it; nothing is left behind if it fails."""
+        raise NotImplementedError
+
+    def name_now(self, directory: str, temp_name: str, final_name: str) -> None:
+        """Blocking, on the calling (worker) thread: hard-link ``temp_name`` to
+        ``final_name`` (``FileExistsError`` if taken), then remove ``temp_name``."""
+        raise NotImplementedError
+
+    def unlink_now(self, directory: str, name: str) -> None:
+        """Blocking, on the calling (worker) thread: remove ``directory/name``."""
+        raise NotImplementedError
+
+    def sync_dir_now(self, directory: str, policy: FsyncPolicy) -> None:
+        """Blocking, on the calling (worker) thread: fsync ``directory`` per ``policy``
+        (shared with concurrent requests, as commits share theirs)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def commit_append(
@@ -845,6 +873,54 @@ def _as_fs_error(op: str, path: str, exc: BaseException) -> FsError:
     return FsError(op, path, errno.EIO, f"{type(exc).__name__}: {exc}")
 
 
+class _LocalStaged(StagedFile):
+    """A staged file of :class:`LocalFS`: written, fsynced and closed under its temp name
+    by one engine job; named by a hard link (never replacing anything), the temp name
+    removed after."""
+
+    def __init__(self, fs: LocalFS, directory: str, temp_name: str, size: int) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.temp_name = temp_name
+        self.size = size
+        self.name: str | None = None
+        self.discarded = False
+
+    def _path(self, name: str) -> str:
+        return f"{self.directory}/{name}" if self.directory else name
+
+    def publish_blocking(self, name: str) -> None:
+        try:
+            self.fs.engine.name_now(self.directory, self.temp_name, name)
+        except OSError as e:
+            raise _as_fs_error("commit", self._path(name), e) from e
+        self.name = name
+
+    def unpublish_blocking(self, name: str) -> None:
+        try:
+            self.fs.engine.unlink_now(self.directory, name)
+        except OSError as e:
+            raise _as_fs_error("delete", self._path(name), e) from e
+        if self.name == name:
+            self.name = None
+            self.discarded = True  # (its temp name went at publish)
+
+    def sync_directory_blocking(self) -> None:
+        try:
+            self.fs.engine.sync_dir_now(self.directory, self.fs.fsync)
+        except OSError as e:
+            raise _as_fs_error("commit", self.directory or ".", e) from e
+
+    async def discard(self) -> None:
+        if self.name is not None or self.discarded:
+            return
+        self.discarded = True
+        try:
+            await self.fs.engine.close([], (self.directory, self.temp_name))
+        except OSError as e:
+            log.warning("cannot remove %s: %s", self._path(self.temp_name), e)
+
+
 class LocalFS(FS):
     """Files under a root directory, with the I/O done by ``engine``."""
 
@@ -954,6 +1030,18 @@ class LocalFS(FS):
         )
         await self._call("commit", path, fut)
         self.commits += 1
+
+    async def stage_file(self, directory: str, data: bytes) -> StagedFile | None:
+        """See :meth:`FS.stage_file`: one engine job (create, write, fsync, close) where
+        the engine can stage."""
+        if not self.engine.stages:
+            return None
+        norm = paths.normalize("create", directory, allow_root=True)
+        temp_name = paths.temp_name("staged", os.getpid())
+        path = f"{norm}/{temp_name}" if norm else temp_name
+        fut = self.engine.write_temp(norm, temp_name, bytes(data), self.perms, self.fsync)
+        await self._call("create", path, fut)
+        return _LocalStaged(self, norm, temp_name, len(data))
 
     def read_small_file_now(self, path: str, limit: int) -> bytes | None:
         """See :meth:`FS.read_small_file_now`: served on the loop when the engine can

@@ -104,6 +104,38 @@ class DirSyncer:
                 self._done[key] = max(self._done.get(key, -1), gen)
 
 
+def name_staged(beneath: Beneath, directory: str, temp_name: str, final_name: str) -> None:
+    """:meth:`Engine.name_now` for engines over real directories (blocking)."""
+    dfd = beneath.open_dir("commit", directory)
+    try:
+        os.link(temp_name, final_name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.unlink(temp_name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def unlink_staged(beneath: Beneath, directory: str, name: str) -> None:
+    """:meth:`Engine.unlink_now` for engines over real directories (blocking)."""
+    dfd = beneath.open_dir("delete", directory)
+    try:
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def sync_staged_dir(
+    beneath: Beneath, dirsync: DirSyncer, directory: str, policy: FsyncPolicy
+) -> None:
+    """:meth:`Engine.sync_dir_now` for engines over real directories (blocking)."""
+    if policy is FsyncPolicy.NEVER:
+        return
+    dfd = beneath.open_dir("commit", directory)
+    try:
+        dirsync.sync(directory, dfd)
+    finally:
+        os.close(dfd)
+
+
 class ThreadEngine(Engine):
     """:class:`Engine` whose jobs run on a :class:`WorkerPool`."""
 
@@ -324,6 +356,36 @@ class ThreadEngine(Engine):
         return self.pool.submit(
             self._write_whole, directory, temp_name, final_name, replace, data, perms, policy
         )
+
+    stages = True
+
+    def _write_temp(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> None:
+        fd = self._create_temp(directory, temp_name, perms)
+        try:
+            _write_all(fd, [data], 0)
+            _sync_file(fd, policy)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self._close([], (directory, temp_name))
+            raise
+        os.close(fd)
+
+    def write_temp(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> asyncio.Future[None]:
+        return self.pool.submit(self._write_temp, directory, temp_name, data, perms, policy)
+
+    def name_now(self, directory: str, temp_name: str, final_name: str) -> None:
+        name_staged(self.beneath, directory, temp_name, final_name)
+
+    def unlink_now(self, directory: str, name: str) -> None:
+        unlink_staged(self.beneath, directory, name)
+
+    def sync_dir_now(self, directory: str, policy: FsyncPolicy) -> None:
+        sync_staged_dir(self.beneath, self.dirsync, directory, policy)
 
     def commit_created(
         self,

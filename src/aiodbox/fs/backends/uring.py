@@ -108,14 +108,17 @@ import errno
 import functools
 import os
 import stat as stat_mod
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 from aiodbox.fs import paths
 from aiodbox.fs.api import FsStat, FsyncPolicy, Perms
-from aiodbox.fs.backends.beneath import dir_mode, open_cached_at, read_cached
+from aiodbox.fs.backends.beneath import Beneath, dir_mode, open_cached_at, read_cached
 from aiodbox.fs.backends.local import Engine, LocalFS, OpenedFile
+from aiodbox.fs.backends.posix_threads import DirSyncer as ThreadDirSyncer
+from aiodbox.fs.backends.posix_threads import name_staged, sync_staged_dir, unlink_staged
 from aiodbox.fs.backends.uring_engine import (
     DEFERRED,
     Operation,
@@ -451,6 +454,8 @@ class UringFileEngine(Engine):
         self._pool: WorkerPool | None = None
         self._closed = False
         self.dirsync = DirSyncer(self)
+        self._staging_lock = threading.Lock()
+        self._staging_calls: tuple[Beneath, ThreadDirSyncer] | None = None
         self.ring_reads = 0
         self.ring_opens = 0
         self.ring_commits = 0
@@ -878,6 +883,44 @@ class UringFileEngine(Engine):
             return self._failed(exc)
 
     # ------------------------------------------------------------ writing
+
+    stages = True
+
+    def write_temp(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> asyncio.Future[None]:
+        return self._task(self._write_temp(directory, temp_name, data, perms, policy))
+
+    async def _write_temp(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> None:
+        """``create``, then ``write -> fsync`` as one chain, then ``close`` (the staging
+        calls below resolve paths themselves: the names are given in a worker thread)."""
+        fd = await self.create_temp(directory, temp_name, perms)
+        try:
+            await self._write_and_sync(fd, data, 0, policy)
+        except BaseException:
+            await self.close([fd], (directory, temp_name))
+            raise
+        await self.close([fd])
+
+    def _staging(self) -> tuple[Beneath, ThreadDirSyncer]:
+        """Path resolution and directory fsyncs for the blocking staging calls, which
+        run in worker threads (index jobs) and so cannot use the loop's ring."""
+        with self._staging_lock:
+            if self._staging_calls is None:
+                self._staging_calls = (Beneath(self.root), ThreadDirSyncer())
+            return self._staging_calls
+
+    def name_now(self, directory: str, temp_name: str, final_name: str) -> None:
+        name_staged(self._staging()[0], directory, temp_name, final_name)
+
+    def unlink_now(self, directory: str, name: str) -> None:
+        unlink_staged(self._staging()[0], directory, name)
+
+    def sync_dir_now(self, directory: str, policy: FsyncPolicy) -> None:
+        beneath, dirsync = self._staging()
+        sync_staged_dir(beneath, dirsync, directory, policy)
 
     def create_temp(self, directory: str, temp_name: str, perms: Perms) -> asyncio.Future[int]:
         try:
@@ -1563,6 +1606,8 @@ class UringFileEngine(Engine):
                 await _release_ring(eng)
             if self._pool is not None:
                 self._pool.shutdown()
+            if self._staging_calls is not None:
+                self._staging_calls[0].close()
 
 
 def uring_fs(
