@@ -464,6 +464,49 @@ async def test_short_write_fails_the_commit_and_shows_nothing(fs: LocalFS, tmp_p
     assert os.listdir(tmp_path / "root") == []
 
 
+async def test_a_staged_file_is_one_chain_and_one_submission(
+    fs: LocalFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fs.write_file("d/first", b"1")  # the root is open and the umask known now
+    eng = engine_of(fs).ring_engine()
+    if not eng.direct_descriptors:
+        pytest.skip("the kernel has no direct descriptors (Linux < 5.19)")
+    spy = FsyncSpy(eng, monkeypatch)
+    fds = open_fds()
+    submits, sqes = eng.stats.submits, eng.stats.sqes
+    staged = await fs.stage_file("d", b"staged")
+    assert staged is not None
+    assert eng.stats.submits - submits == 1
+    assert eng.stats.sqes - sqes == 4  # openat2 -> write -> fsync -> close
+    assert len(spy.calls) == 1  # the file's own fsync (the directory's comes at naming)
+    assert open_fds() == fds  # no fd ever existed in the process
+    await asyncio.to_thread(staged.publish_blocking, "u.1")
+    await asyncio.to_thread(staged.sync_directory_blocking)
+    assert (tmp_path / "root" / "d" / "u.1").read_bytes() == b"staged"
+    # A missing directory: the chain's open finds none, and the steps make it.
+    other = await fs.stage_file("e/f", b"x")
+    assert other is not None
+    await other.discard()
+    assert os.listdir(tmp_path / "root" / "e" / "f") == []
+
+
+async def test_a_staged_file_written_short_fails_and_leaves_nothing(
+    fs: LocalFS, tmp_path: Path
+) -> None:
+    """RLIMIT_FSIZE makes the kernel write only part: the chain's fsync is skipped, the
+    file removed, and the steps' own write fails with EFBIG."""
+    await fs.write_file("d/first", b"1")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(FsError) as info:
+            await fs.stage_file("d", b"z" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.errno == errno.EFBIG
+    assert os.listdir(tmp_path / "root" / "d") == ["first"]
+
+
 # --- fsync policies and group commit -----------------------------------------------------
 
 

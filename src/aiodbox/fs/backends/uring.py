@@ -145,6 +145,8 @@ __all__ = ["DirSyncer", "UringFileEngine", "UringUnavailable", "uring_fs"]
 T = TypeVar("T")
 
 _RESOLVE: Final = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+_MAX_CHAIN_WRITE: Final = 1 << 20
+"""Largest staged file written by one chained write (a larger one goes step by step)."""
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY
 _O_PATH: Final = getattr(os, "O_PATH", os.O_RDONLY)
 _COPY_CHUNK: Final = 1 << 20
@@ -894,8 +896,81 @@ class UringFileEngine(Engine):
     async def _write_temp(
         self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
     ) -> None:
-        """``create``, then ``write -> fsync`` as one chain, then ``close`` (the staging
-        calls below resolve paths themselves: the names are given in a worker thread)."""
+        """One chain ``openat2(O_CREAT) -> write -> fsync -> close`` on a direct
+        descriptor where it can (the root is open, the umask leaves the mode alone, the
+        data fits one write); else, or when the directory is missing or the write came
+        short, the steps one by one.  The staging calls below resolve paths themselves:
+        the names are given in a worker thread."""
+        eng = self.ring_engine()
+        root = self._root_fd
+        if (
+            root is not None
+            and eng.direct_descriptors
+            and not self._needs_fix(perms.mode, perms.gid)
+            and 0 < len(data) <= _MAX_CHAIN_WRITE
+            and await self._write_temp_chain(eng, root, directory, temp_name, data, perms, policy)
+        ):
+            return
+        await self._write_temp_steps(directory, temp_name, data, perms, policy)
+
+    async def _write_temp_chain(
+        self,
+        eng: UringEngine,
+        root: int,
+        directory: str,
+        temp_name: str,
+        data: bytes,
+        perms: Perms,
+        policy: FsyncPolicy,
+    ) -> bool:
+        """The one-chain form of :meth:`_write_temp`; False (nothing left behind) where
+        the steps must do it instead."""
+        path = paths.join(directory, temp_name)
+        raw = os.fsencode(path)
+        datasync = _file_sync_flags(policy)
+        count = 3 if datasync is None else 4
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # (a direct descriptor refuses O_CLOEXEC)
+        slot = eng.take_slot()
+        if slot is None:
+            return False
+
+        def prep(op: Operation) -> None:
+            ring = eng.ring
+            op.on_done = lambda _results: eng.give_slot(slot)
+            ring.prep_openat2(
+                (op, 0), raw, flags, perms.mode, _RESOLVE, dfd=root, file_slot=slot,
+                sqe_flags=IOSQE_IO_LINK,
+            )  # fmt: skip
+            last = IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK  # the close runs whatever happened
+            if datasync is None:
+                ring.prep_write((op, 1), slot, data, 0, sqe_flags=last)
+            else:
+                ring.prep_write((op, 1), slot, data, 0, sqe_flags=IOSQE_FIXED_FILE | IOSQE_IO_LINK)
+                ring.prep_fsync((op, 2), slot, datasync=datasync, sqe_flags=last)
+            ring.prep_close_direct((op, count - 1), slot)
+
+        self.ring_commits += 1
+        results = await eng.start(count, prep, list)
+        opened, written = results[0], results[1]
+        synced = 0 if datasync is None else results[2]
+        if opened < 0:
+            if opened == -errno.ENOENT:  # a missing directory: the steps make it
+                return False
+            raise _open_error("create", path, -opened)
+        if written == len(data) and synced >= 0:
+            return True
+        with contextlib.suppress(OSError):  # (the file was created: remove it)
+            await eng.unlink(raw, dfd=root)
+        if written < 0:
+            raise _oserror(-written, path)
+        if synced < 0 and written == len(data):
+            raise _oserror(-synced, path)
+        return False  # a short write: the steps write the rest
+
+    async def _write_temp_steps(
+        self, directory: str, temp_name: str, data: bytes, perms: Perms, policy: FsyncPolicy
+    ) -> None:
+        """``create``, then ``write -> fsync`` as one chain, then ``close``."""
         fd = await self.create_temp(directory, temp_name, perms)
         try:
             await self._write_and_sync(fd, data, 0, policy)
