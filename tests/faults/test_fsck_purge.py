@@ -233,6 +233,45 @@ async def test_purge_skips_a_file_being_appended_to(tmp_path: Path) -> None:
     await st.close()
 
 
+async def test_purge_leaves_a_file_alone_until_the_save_in_it_is_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A save's record is durable in m.N before the index transaction that points at it.
+    # A purge of m.N in between (it holds dead records) must not drop that record: the
+    # saver keeps the file locked until its index transaction committed.
+    from aiodbox.storage import mailbox as mailbox_module
+
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 3)
+    await inbox.store([1], "add", DELETED)
+    await inbox.expunge()  # m.N now holds a dead record: purge wants to rewrite it
+    gate = asyncio.Event()
+    reached = asyncio.Event()
+    original = mailbox_module._write_in_turn
+
+    async def held(*args: object, **kw: object) -> object:
+        reached.set()
+        await gate.wait()  # the data is committed; the index job is not queued yet
+        return await original(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mailbox_module, "_write_in_turn", held)
+    saving = asyncio.ensure_future(inbox.save(message("b", 1)))
+    await asyncio.wait_for(reached.wait(), 5)
+    result = await purge(user)
+    assert result.files_skipped_locked == 1 and result.files_rewritten == 0
+    gate.set()
+    await asyncio.wait_for(saving, 5)
+    monkeypatch.setattr(mailbox_module, "_write_in_turn", original)
+    await inbox.sync()
+    assert list(inbox.view.uids) == [2, 3, 4]
+    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    assert (await purge(user)).files_rewritten == 1  # unlocked once indexed
+    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    assert (await check(user)).ok
+    await st.close()
+
+
 async def test_purge_while_another_process_reads(tmp_path: Path) -> None:
     st = storage(str(tmp_path), "mdbox")
     user = await st.user("u")

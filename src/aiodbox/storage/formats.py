@@ -192,6 +192,11 @@ class MailFormat(abc.ABC):
         """Undo ``commit_saves`` after the index transaction failed (best effort)."""
         return
 
+    async def saves_indexed(self, handles: list[SaveHandle]) -> None:
+        """The index transaction after :meth:`commit_saves` of ``handles`` ended
+        (committed or not): release what had to stay held until then."""
+        return
+
     def pending_location(self, handle: SaveHandle) -> tuple[int, int, int] | None:
         """(file_id, offset, body size) of a finished, uncommitted mdbox record; else None.
 
@@ -706,12 +711,22 @@ class MdboxFormat(MailFormat):
                     file_size=sizes[h.held.file_id],
                 )
             )
+        # The files stay locked until the index transaction that points at the records
+        # ended (saves_indexed): a purge in between would see them as dead and drop them.
+        # (The files' new sizes are recorded by the index transaction: location_in_tx.)
+        return locations
+
+    async def saves_indexed(self, handles: list[SaveHandle]) -> None:
+        """Unlock the files the saves were committed to and keep them for the next save."""
+        files: dict[int, _HeldFile] = {}
+        for h in handles:
+            assert isinstance(h, _MdboxSave)
+            if h.committed:
+                files[h.held.file_id] = h.held
         for held in files.values():
             held.users = 0
             self._busy.discard(held.file_id)
             self._keep_spare(held.file_id, held.file)  # unlocked now
-        # (the files' new sizes are recorded by the index transaction: location_in_tx)
-        return locations
 
     async def copy_files(
         self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]

@@ -38,8 +38,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from aiodbox.fs import FsNotFound
 from aiodbox.fs.paths import pid_alive
@@ -85,14 +85,18 @@ def bits_to_flags(bits: int) -> list[str]:
     return [name for name, bit in FLAG_BITS.items() if bits & bit]
 
 
-@dataclass(frozen=True, slots=True)
-class MailRecord:
-    """Everything the index knows about one message."""
+class MailRecord(NamedTuple):
+    """Everything the index knows about one message: a row of ``MESSAGE_COLUMNS``.
+
+    A tuple, so that :meth:`from_row` is one C call (FETCH reads a record per message;
+    a dataclass filled field by field cost three times what SQLite does to make the
+    row)."""
 
     uid: int
     guid: str
     flags: int
-    keywords: tuple[str, ...]
+    keyword_text: str | None
+    """The keywords as stored (space-separated); see :attr:`keywords`."""
     modseq: int
     internal_date: int
     internal_tz: int
@@ -105,34 +109,19 @@ class MailRecord:
     offset: int | None
     record_size: int | None
 
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The message's keywords, in the order they were set."""
+        text = self.keyword_text
+        return tuple(text.split()) if text else ()
+
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> MailRecord:
         """From a row of ``MESSAGE_COLUMNS``."""
-        # The slots are filled directly: a frozen dataclass's __init__ costs an
-        # object.__setattr__ call per field, and this runs once per message read.
-        rec = _new_object(cls)
-        s = _RECORD_SETTERS
-        s[0](rec, row[0])
-        s[1](rec, row[1])
-        s[2](rec, row[2])
-        s[3](rec, tuple(row[3].split()) if row[3] else ())
-        s[4](rec, row[4])
-        s[5](rec, row[5])
-        s[6](rec, row[6])
-        s[7](rec, row[7])
-        s[8](rec, row[8])
-        s[9](rec, row[9])
-        s[10](rec, row[10])
-        s[11](rec, row[11])
-        s[12](rec, row[12])
-        s[13](rec, row[13])
-        s[14](rec, row[14])
-        return rec
+        return _new_tuple(cls, row)
 
 
-_new_object = object.__new__
-_RECORD_SETTERS = tuple(getattr(MailRecord, f.name).__set__ for f in fields(MailRecord))
-assert len(_RECORD_SETTERS) == 15, "MailRecord.from_row fills 15 fields"
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,66 +375,13 @@ class Transaction:
             handles = [s.handle for s in self._saves]
             locations = await fmt.commit_saves(mbox.info, handles, saved_uids)
             copy_uids = list(range(dest_first, dest_first + len(copy_records)))
-            copy_locations: list[Any] = []
-            if copy_records and dest is not None:
-                copy_locations = await fmt.copy_files(mbox.info, dest.info, copy_records, copy_uids)
-
-            # 4. the index transaction
-            saves = self._saves
-            flag_changes = self._flags
-            save_date = int(time.time())
-
-            own_rows = frozenset(pending_ids)
-
-            def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
-                if wait_for_others and _lower_reservations_pending(
-                    conn, turns, own_rows, live_rows
-                ):
-                    raise _LowerUidsPending
-                modseq = 0
-                modified: list[int] = []
-                if saves or flag_changes:
-                    modseq = _bump_modseq(conn, mbox.info.id)
-                _insert_saves(
-                    conn, fmt, mbox.info.id, saves, saved_uids, locations, modseq, save_date
-                )
-                for change in flag_changes:
-                    modified += _apply_flags(conn, mbox.info.id, change, modseq)
-                if copy_records and dest is not None:
-                    dmodseq = _bump_modseq(conn, dest.info.id)
-                    for rec, uid, loc in zip(copy_records, copy_uids, copy_locations, strict=True):
-                        file_name, map_uid = fmt.copy_location_in_tx(conn, rec, loc)
-                        conn.execute(
-                            "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
-                            " internal_date, internal_tz, save_date, size, file_name, map_uid,"
-                            " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (
-                                dest.info.id,
-                                uid,
-                                rec.guid,
-                                rec.flags,
-                                " ".join(rec.keywords),
-                                dmodseq,
-                                rec.internal_date,
-                                rec.internal_tz,
-                                save_date,
-                                rec.size,
-                                file_name,
-                                map_uid,
-                                rec.cache,
-                            ),
-                        )
-                        _add_mailbox_keywords(conn, dest.info.id, rec.keywords)
-                for pid_row in pending_ids:
-                    conn.execute("DELETE FROM pending WHERE id = ?", (pid_row,))
-                return modseq, modified
-
             try:
-                await user.uid_order.wait_turns(turns)  # this process's lower UIDs first
-                modseq, modified = await _write_in_turn(user, apply, turns)
-            except BaseException:
-                await fmt.discard_committed(mbox.info, locations)
-                raise
+                modseq, modified = await self._index_saves(
+                    mbox, user, fmt, turns, pending_ids, saved_uids, locations, dest, copy_records,
+                    copy_uids,
+                )  # fmt: skip
+            finally:
+                await fmt.saves_indexed(handles)
         # (the turns end here: later UIDs may become visible while views refresh)
         for s in self._saves:
             s.handle.committed = True
@@ -459,6 +395,79 @@ class Transaction:
             modified,
             modseq,
         )
+
+    async def _index_saves(
+        self,
+        mbox: Mailbox,
+        user: User,
+        fmt: Any,
+        turns: list[tuple[int, int]],
+        pending_ids: list[int],
+        saved_uids: list[int],
+        locations: list[Location],
+        dest: Mailbox | None,
+        copy_records: list[MailRecord],
+        copy_uids: list[int],
+    ) -> tuple[int, list[int]]:
+        """Steps 3 (copies' files) and 4 of :meth:`commit`; see the module docstring."""
+        live_rows = user.uid_order.live_rows
+        copy_locations: list[Any] = []
+        if copy_records and dest is not None:
+            copy_locations = await fmt.copy_files(mbox.info, dest.info, copy_records, copy_uids)
+
+        # 4. the index transaction
+        saves = self._saves
+        flag_changes = self._flags
+        save_date = int(time.time())
+
+        own_rows = frozenset(pending_ids)
+
+        def apply(conn: sqlite3.Connection, wait_for_others: bool) -> tuple[int, list[int]]:
+            if wait_for_others and _lower_reservations_pending(conn, turns, own_rows, live_rows):
+                raise _LowerUidsPending
+            modseq = 0
+            modified: list[int] = []
+            if saves or flag_changes:
+                modseq = _bump_modseq(conn, mbox.info.id)
+            _insert_saves(conn, fmt, mbox.info.id, saves, saved_uids, locations, modseq, save_date)
+            for change in flag_changes:
+                modified += _apply_flags(conn, mbox.info.id, change, modseq)
+            if copy_records and dest is not None:
+                dmodseq = _bump_modseq(conn, dest.info.id)
+                for rec, uid, loc in zip(copy_records, copy_uids, copy_locations, strict=True):
+                    file_name, map_uid = fmt.copy_location_in_tx(conn, rec, loc)
+                    conn.execute(
+                        "INSERT INTO messages (mailbox_id, uid, guid, flags, keywords, modseq,"
+                        " internal_date, internal_tz, save_date, size, file_name, map_uid,"
+                        " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            dest.info.id,
+                            uid,
+                            rec.guid,
+                            rec.flags,
+                            " ".join(rec.keywords),
+                            dmodseq,
+                            rec.internal_date,
+                            rec.internal_tz,
+                            save_date,
+                            rec.size,
+                            file_name,
+                            map_uid,
+                            rec.cache,
+                        ),
+                    )
+                    _add_mailbox_keywords(conn, dest.info.id, rec.keywords)
+            for pid_row in pending_ids:
+                conn.execute("DELETE FROM pending WHERE id = ?", (pid_row,))
+            return modseq, modified
+
+        try:
+            await user.uid_order.wait_turns(turns)  # this process's lower UIDs first
+            modseq, modified = await _write_in_turn(user, apply, turns)
+        except BaseException:
+            await fmt.discard_committed(mbox.info, locations)
+            raise
+        return modseq, modified
 
     async def _commit_staged(
         self, mbox: Mailbox, user: User, fmt: Any, staged: list[StagedSave]
