@@ -463,11 +463,19 @@ class Transaction:
 
         try:
             await user.uid_order.wait_turns(turns)  # this process's lower UIDs first
-            modseq, modified = await _write_in_turn(user, apply, turns)
         except BaseException:
             await fmt.discard_committed(mbox.info, locations)
             raise
-        return modseq, modified
+        write = asyncio.ensure_future(_write_in_turn(user, apply, turns))
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if await _failed_in_the_end(write):
+                await fmt.discard_committed(mbox.info, locations)
+            raise
+        except BaseException:
+            await fmt.discard_committed(mbox.info, locations)
+            raise
 
     async def _commit_staged(
         self, mbox: Mailbox, user: User, fmt: Any, staged: list[StagedSave]
@@ -528,14 +536,22 @@ class Transaction:
                 raise
             return uids, modseq, modified
 
-        try:
-            saved_uids, modseq, modified = await _write_in_turn(user, apply, [])
-        except BaseException:
-            # The job named files, but its group was not committed: take the names back.
+        async def take_names_back() -> None:
+            # The job named files, but its group was not committed.
             for st in staged:
                 if st.name is not None:
                     await fmt.discard_committed(mbox.info, [Location(0, file_name=st.name)])
                     st.name = None
+
+        write = asyncio.ensure_future(_write_in_turn(user, apply, []))
+        try:
+            saved_uids, modseq, modified = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if await _failed_in_the_end(write):
+                await take_names_back()
+            raise
+        except BaseException:
+            await take_names_back()
             raise
         finally:
             for st in staged:
@@ -547,6 +563,14 @@ class Transaction:
 
 
 _StagedOutcome = tuple[list[int], int, list[int]]
+
+
+async def _failed_in_the_end(write: asyncio.Future[Any]) -> bool:
+    """The caller was cancelled while ``write`` (its index step, shielded) was under way:
+    wait until that ended, and tell whether it failed.  Until then nothing may be
+    cleaned up or released: the job may still commit rows that point at the data."""
+    await asyncio.wait([write])
+    return write.cancelled() or write.exception() is not None
 
 
 def _unname_all(fmt: Any, staged: list[StagedSave]) -> None:

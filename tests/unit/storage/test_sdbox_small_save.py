@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from aiodbox.dbox.file_write import SdboxInMemory
 from aiodbox.fs.backends import local as local_module
 from aiodbox.fs.backends.posix_threads import ThreadEngine
 from aiodbox.storage import Storage, User
+from aiodbox.storage import mailbox as mailbox_module
 from aiodbox.storage.formats import SMALL_SAVE_MAX
 from aiodbox.storage.fsck import check, repair
 from aiodbox.storage.mailbox import Mailbox
@@ -298,4 +300,39 @@ async def test_concurrent_staged_and_reserved_saves_all_land_in_uid_order(
         return [r[0] for r in conn.execute("SELECT file_name FROM messages ORDER BY uid")]
 
     assert await user.db.read(names) == [f"u.{u}" for u in range(1, 49)]
+    assert (await check(user)).ok
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["staged", "reserved"])
+async def test_a_commit_cancelled_while_its_index_job_runs_keeps_what_the_job_commits(
+    inbox: tuple[User, Mailbox], monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    # The session goes away (its command is cancelled) while the index job runs: the
+    # job still commits, so the message's file must stay (a row never loses its data).
+    user, box = inbox
+    inside, release = threading.Event(), threading.Event()
+    original = mailbox_module._insert_saves
+
+    def held(*args: Any) -> None:
+        inside.set()  # (in the index writer's thread)
+        release.wait(5)
+        original(*args)
+
+    monkeypatch.setattr(mailbox_module, "_insert_saves", held)
+    data = simple_message(1, body_size=SMALL_SAVE_MAX + 1000 if large else 100)
+    tx = box.transaction()
+    await tx.save(data)
+    commit = asyncio.ensure_future(tx.commit())
+    assert await asyncio.to_thread(inside.wait, 5)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    release.set()
+    for _ in range(200):  # the job commits on its own
+        await box.sync()
+        if list(box.view.uids):
+            break
+        await asyncio.sleep(0.01)
+    assert list(box.view.uids) == [1]
+    assert await _read(box, 1) == data
     assert (await check(user)).ok
