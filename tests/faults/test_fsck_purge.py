@@ -272,6 +272,41 @@ async def test_purge_leaves_a_file_alone_until_the_save_in_it_is_indexed(
     await st.close()
 
 
+async def test_fsck_leaves_a_save_in_progress_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An mdbox save takes its UID in the index job after its record is committed, with no
+    # pending row: fsck must not adopt the record meanwhile (the save would then add it
+    # a second time).  The save holds its file locked until its index job ended.
+    from aiodbox.storage import mailbox as mailbox_module
+
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 2)
+    gate, reached = asyncio.Event(), asyncio.Event()
+    original = mailbox_module._write_in_turn
+
+    async def held(*args: object, **kw: object) -> object:
+        reached.set()
+        await gate.wait()  # the record is committed; its index job is not queued yet
+        return await original(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mailbox_module, "_write_in_turn", held)
+    saving = asyncio.ensure_future(inbox.save(message("b", 1)))
+    await asyncio.wait_for(reached.wait(), 5)
+    report = await repair(user)
+    assert not any(a.startswith("adopted") for a in report.actions), report.actions
+    assert any(p.detail == "a save in progress" for p in report.problems)
+    gate.set()
+    await asyncio.wait_for(saving, 5)
+    monkeypatch.setattr(mailbox_module, "_write_in_turn", original)
+    await inbox.sync()
+    assert list(inbox.view.uids) == [1, 2, 3]  # saved once, not twice
+    assert check_message((await contents(inbox))[3]) == ("b", 1)
+    assert (await check(user)).ok
+    await st.close()
+
+
 async def test_purge_while_another_process_reads(tmp_path: Path) -> None:
     st = storage(str(tmp_path), "mdbox")
     user = await st.user("u")

@@ -85,12 +85,14 @@ class Location:
 
 @dataclass
 class StagedSave:
-    """A save's data written whole under a temp name (:meth:`MailFormat.stage_saves`),
-    named by the index job that makes it visible."""
+    """A save's data, durable and invisible until the index job that makes it visible
+    (:meth:`MailFormat.stage_saves`): an sdbox file under a temp name (``file``; the
+    job names it), or an mdbox record committed to its file (``location``)."""
 
-    file: StagedFile
     imap_size: int
-    name: str | None = None  # its final name once the index job gave it one
+    file: StagedFile | None = None
+    location: Location | None = None
+    name: str | None = None  # sdbox: its final name once the index job gave it one
 
 
 class SaveHandle(abc.ABC):
@@ -147,10 +149,11 @@ class MailFormat(abc.ABC):
     async def stage_saves(
         self, mailbox: MailboxInfo, handles: list[SaveHandle]
     ) -> list[StagedSave] | None:
-        """Write the saves' data whole under temp names, durable, so that the index job
-        can name them and insert their rows in one step (no UID reservation before: one
-        index round trip less per save).  None where this format or FS cannot (then
-        nothing was written: use :meth:`commit_saves`)."""
+        """Make the saves' data durable before their UIDs are known (sdbox: whole files
+        under temp names; mdbox: records committed to their locked files), so that one
+        index job can take the UIDs, name the files and insert the rows (no reservation
+        before: one index round trip less per save).  None where this format or FS
+        cannot (then nothing was written: use :meth:`commit_saves`)."""
         return None
 
     def name_staged_in_tx(self, staged: StagedSave, uid: int) -> Location:
@@ -249,6 +252,11 @@ class MailFormat(abc.ABC):
             FsError: an I/O error.
         """
         return None
+
+
+async def _discard_staged(staged: StagedSave) -> None:
+    if staged.file is not None:
+        await staged.file.discard()
 
 
 SMALL_SAVE_MAX = 64 << 10
@@ -369,7 +377,7 @@ class SdboxFormat(MailFormat):
             assert isinstance(h, _SdboxSave) and h.small is not None
             data = h.small_file()
             staged = await self.fs.stage_file(directory, data)
-            return None if staged is None else StagedSave(staged, h.small.metadata.size)
+            return None if staged is None else StagedSave(h.small.metadata.size, file=staged)
 
         first = await one(handles[0])
         if first is None:
@@ -379,20 +387,22 @@ class SdboxFormat(MailFormat):
         errors = [r for r in rest if isinstance(r, BaseException)]
         if errors:
             for st in out:
-                await st.file.discard()
+                await _discard_staged(st)
             raise errors[0]
         return out
 
     def name_staged_in_tx(self, staged: StagedSave, uid: int) -> Location:
-        name = f"u.{uid}"
-        staged.file.publish_blocking(name)
-        staged.name = name
         file = staged.file
+        assert file is not None
+        name = f"u.{uid}"
+        file.publish_blocking(name)
+        staged.name = name
         before_commit(("sdbox-dir", file.directory), file.sync_directory_blocking)
         return Location(staged.imap_size, file_name=name)
 
     def unname_staged_in_tx(self, staged: StagedSave) -> None:
         if staged.name is not None:
+            assert staged.file is not None
             staged.file.unpublish_blocking(staged.name)
             staged.name = None
 
@@ -715,6 +725,23 @@ class MdboxFormat(MailFormat):
         # ended (saves_indexed): a purge in between would see them as dead and drop them.
         # (The files' new sizes are recorded by the index transaction: location_in_tx.)
         return locations
+
+    async def stage_saves(
+        self, mailbox: MailboxInfo, handles: list[SaveHandle]
+    ) -> list[StagedSave] | None:
+        """Commit the records to their files (durable; invisible while no map row points
+        at them): the index job then takes the UIDs and inserts the map and message rows
+        in one step.  The files stay locked until it ended (:meth:`saves_indexed`), which
+        is what tells purge and fsck that a save may be under way in them."""
+        locations = await self.commit_saves(mailbox, handles, [])
+        return [StagedSave(loc.imap_size, location=loc) for loc in locations]
+
+    def name_staged_in_tx(self, staged: StagedSave, uid: int) -> Location:
+        assert staged.location is not None
+        return staged.location
+
+    def unname_staged_in_tx(self, staged: StagedSave) -> None:
+        return None
 
     async def saves_indexed(self, handles: list[SaveHandle]) -> None:
         """Unlock the files the saves were committed to and keep them for the next save."""

@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiodbox.dbox.codec import Record
-from aiodbox.dbox.file import DboxCorruptedError, open_sdbox_message, scan, verify_body
+from aiodbox.dbox.file import (
+    DboxCorruptedError,
+    MdboxFile,
+    open_mdbox_file,
+    open_sdbox_message,
+    scan,
+    verify_body,
+)
 from aiodbox.dbox.fix import V3Scan
 from aiodbox.fs import FsNotFound
 from aiodbox.fs.paths import pid_alive
@@ -469,7 +476,39 @@ class Fsck:
     async def _adopt_mdbox(
         self, info: MailboxInfo, records: list[tuple[int, Record, int | None]]
     ) -> None:
+        """Adopt records no map row pointed at when the index was read.
+
+        A save holds its file locked from its first byte until its index transaction
+        ended, and writes no ``pending`` row where it takes its UIDs at the end (staged
+        saves): so each file is locked here first (a file in use is left alone: a save
+        may be under way in it), and a record that has a map row by the time of this
+        transaction is left alone too (its save finished since the index was read)."""
         now = int(time.time())
+        held: dict[int, MdboxFile] = {}
+        try:
+            for file_id in sorted({r[0] for r in records}):
+                path = self.user.path("storage", f"m.{file_id}")
+                try:
+                    f = await open_mdbox_file(self.user.fs, path)
+                except FsNotFound:
+                    continue
+                if f.try_lock():
+                    held[file_id] = f
+                else:
+                    await f.aclose()
+                    self._problem("pending", info.name, None, path, "a save in progress")
+            n = await self._adopt_locked(info, [r for r in records if r[0] in held], now)
+        finally:
+            for f in held.values():
+                await f.aclose()
+        if n:
+            self._did(f"adopted {n} record(s) into {info.name}")
+
+    async def _adopt_locked(
+        self, info: MailboxInfo, records: list[tuple[int, Record, int | None]], now: int
+    ) -> int:
+        if not records:
+            return 0
 
         def tx(conn: sqlite3.Connection) -> int:
             modseq = _bump(conn, info.id)
@@ -480,7 +519,13 @@ class Fsck:
                 r[0]
                 for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (info.id,))
             }
+            adopted = 0
             for file_id, rec, reserved in records:
+                if conn.execute(
+                    "SELECT 1 FROM map WHERE file_id = ? AND offset = ?", (file_id, rec.offset)
+                ).fetchone():
+                    continue  # indexed meanwhile
+                adopted += 1
                 # a crashed save's record keeps the UID it had reserved, if still free
                 if reserved is not None and reserved not in taken and reserved < uidnext:
                     uid = reserved
@@ -508,10 +553,9 @@ class Fsck:
                     ),
                 )
             conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (uidnext, info.id))
-            return len(records)
+            return adopted
 
-        n = await self.user.db.write(tx)
-        self._did(f"adopted {n} record(s) into {info.name}")
+        return await self.user.db.write(tx)
 
     # ------------------------------------------------------------ lost+found
 

@@ -24,9 +24,10 @@ and the next sync (or fsck) adopts them.  A crash never leaves a row pointing at
 data, and the caller gets its result only after step 4.
 
 *Staged saves* skip step 2 (see :meth:`Transaction._commit_staged`): where the format can
-stage every save's data whole under a temp name (sdbox messages built in memory, on a
-local disk) and nothing is copied, one index job takes the UIDs, names the files, and
-inserts the rows, with the directory fsynced before its ``COMMIT``.
+make every save's data durable before its UID is known (sdbox messages built in memory,
+on a local disk: whole files under temp names; mdbox: records committed to their still
+locked files) and nothing is copied, one index job takes the UIDs, names the sdbox files
+(the directory fsynced before its ``COMMIT``), and inserts the rows.
 """
 
 from __future__ import annotations
@@ -480,17 +481,16 @@ class Transaction:
     async def _commit_staged(
         self, mbox: Mailbox, user: User, fmt: Any, staged: list[StagedSave]
     ) -> CommitResult:
-        """Steps 2 to 4 in one index job, for saves whose data the format staged whole
-        (:meth:`MailFormat.stage_saves`; sdbox messages built in memory on a local disk):
-        the job takes the next UIDs, names the files after them, inserts the rows, and
-        the files' directory is fsynced before the ``COMMIT`` (once per group of jobs).
-        No ``pending`` row and no reservation round trip.  UID order holds because the
-        UIDs are taken inside the transaction that makes them visible, and only when no
-        lower reservation is still being saved.
+        """Steps 2 to 4 in one index job, for saves whose data the format staged
+        (:meth:`MailFormat.stage_saves`): the job takes the next UIDs, names sdbox files
+        after them (their directory fsynced before the ``COMMIT``, once per group of
+        jobs), and inserts the rows.  No ``pending`` row and no reservation round trip.
+        UID order holds because the UIDs are taken inside the transaction that makes
+        them visible, and only when no lower reservation is still being saved.
 
-        A crash between naming and ``COMMIT`` leaves a file above the index's UIDNEXT
-        that no row points at: the next staged save finds the name taken and uses the
-        next UID (logged), and fsck adopts the file.
+        A crash between naming and ``COMMIT`` leaves an sdbox file above the index's
+        UIDNEXT that no row points at: the next staged save finds the name taken and
+        uses the next UID (logged), and fsck adopts the file (an mdbox record, likewise).
         """
         saves = self._saves
         flag_changes = self._flags
@@ -555,7 +555,9 @@ class Transaction:
             raise
         finally:
             for st in staged:
-                await st.file.discard()  # (a no-op for a named file)
+                if st.file is not None:
+                    await st.file.discard()  # (a no-op for a named file)
+            await fmt.saves_indexed([s.handle for s in saves])
         for s in saves:
             s.handle.committed = True
         await mbox.refresh()

@@ -1,6 +1,11 @@
 """Saved messages become visible in UID order (RFC 3501 §2.3.1.1), whatever order their
 transactions finish their data in: a session that was told about UID n never sees a
-lower UID appear after it."""
+lower UID appear after it.
+
+These tests are about UIDs *reserved* before the data is written (streamed sdbox files,
+imports, copies).  Staged saves take their UIDs in the index job that makes them
+visible; here they are turned off (``_reserved_uids_only``), and their ordering against
+reserved ones is tested in test_sdbox_small_save.py."""
 
 from __future__ import annotations
 
@@ -14,9 +19,20 @@ from typing import Any
 
 import pytest
 
+from aiodbox.storage import formats as formats_module
 from aiodbox.storage import mailbox as mailbox_module
 
 from .storage_testlib import make_storage, simple_message
+
+
+@pytest.fixture(autouse=True)
+def _reserved_uids_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats_module.MdboxFormat, "stage_saves", _no_staging)
+    monkeypatch.setattr(formats_module.SdboxFormat, "stage_saves", _no_staging)
+
+
+async def _no_staging(*args: Any) -> None:
+    return None
 
 
 class _FirstDataCommitHeld:
