@@ -196,8 +196,8 @@ class MailFormat(abc.ABC):
         return
 
     async def saves_indexed(self, handles: list[SaveHandle]) -> None:
-        """The index transaction after :meth:`commit_saves` of ``handles`` ended
-        (committed or not): release what had to stay held until then."""
+        """The index transaction after :meth:`commit_saves` or :meth:`stage_saves` of
+        ``handles`` ended (committed or not): release what had to stay held until then."""
         return
 
     def pending_location(self, handle: SaveHandle) -> tuple[int, int, int] | None:
