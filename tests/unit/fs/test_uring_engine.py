@@ -904,11 +904,13 @@ async def test_timer_keeps_firing_during_ten_thousand_reads(
     other processes).  The CPU figure is what the engine controls and is always checked;
     the wall-clock one also when the loop had a CPU to itself (busy shared machines).
 
-    The bounds are 30 / 40 ms, or the loop's own CPU cost of 200 / 250 reads in this run
+    The bounds are 30 / 40 ms, or the loop's own CPU cost of 400 / 500 reads in this run
     when that is more: on a VM whose CPU is slowed by its neighbours every iteration
     costs more, and a run that took twice as long failed a fixed bound while its worst
-    iteration was 88 reads' worth (130 is the most seen).  An engine that let the reads
-    starve the timer would be late by thousands of reads' worth.
+    iteration was 88 reads' worth.  The most seen in about 40 runs was 130, then once
+    202 (a clean-clone CI run, 74 ms of loop CPU in one iteration).  An engine that let
+    the reads starve the timer would be late by thousands of reads' worth (the whole
+    run is 10,000).
     """
     loop = asyncio.get_running_loop()
     wall_late: list[float] = []
@@ -952,6 +954,6 @@ async def test_timer_keeps_firing_during_ten_thousand_reads(
     per_read = cpu_used / 10_000  # the loop's CPU per read, on this machine now
     assert len(wall_late) >= 5
     assert engine.stats.completions >= 10_000
-    assert worst_cpu < max(0.030, 200 * per_read)
+    assert worst_cpu < max(0.030, 400 * per_read)
     if cpu_share > 0.9:
-        assert worst_wall < max(0.040, 250 * per_read)
+        assert worst_wall < max(0.040, 500 * per_read)
