@@ -499,9 +499,15 @@ class Transaction:
         save_date = int(time.time())
 
         def apply(conn: sqlite3.Connection, wait_for_others: bool) -> _StagedOutcome:
-            uid = _uidnext(conn, mailbox_id)
-            if wait_for_others and _lower_reservations_pending(
-                conn, [(mailbox_id, uid)], frozenset(), live_rows
+            # One statement takes the UIDs and the modseq (each statement costs the
+            # writer thread a round trip through the interpreter lock); should the job
+            # not go ahead, its savepoint or the group's rollback undoes it.
+            uid, modseq, lower = _take_uids_and_modseq(conn, mailbox_id, len(staged))
+            reserved_end = uid + len(staged)
+            if (
+                wait_for_others
+                and lower
+                and _lower_reservations_pending(conn, [(mailbox_id, uid)], frozenset(), live_rows)
             ):
                 raise _LowerUidsPending
             uids: list[int] = []
@@ -523,8 +529,8 @@ class Transaction:
                             uid += 1
                     uids.append(uid)
                     uid += 1
-                conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (uid, mailbox_id))
-                modseq = _bump_modseq(conn, mailbox_id)
+                if uid != reserved_end:  # (names left by a crash were skipped)
+                    conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (uid, mailbox_id))
                 _insert_saves(conn, fmt, mailbox_id, saves, uids, locations, modseq, save_date)
                 modified = [
                     m
@@ -697,11 +703,20 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _uidnext(conn: sqlite3.Connection, mailbox_id: int) -> int:
-    row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+def _take_uids_and_modseq(
+    conn: sqlite3.Connection, mailbox_id: int, n: int
+) -> tuple[int, int, bool]:
+    """Take ``n`` UIDs and the next modseq; return (first UID, modseq, whether recent
+    ``pending`` rows lie below the first UID: only then need they be looked at)."""
+    row = conn.execute(
+        "UPDATE mailboxes SET uidnext = uidnext + ?1, highestmodseq = highestmodseq + 1"
+        " WHERE id = ?2 RETURNING uidnext, highestmodseq, EXISTS(SELECT 1 FROM pending p"
+        " WHERE p.mailbox_id = ?2 AND p.uid < mailboxes.uidnext - ?1 AND p.started > ?3)",
+        (n, mailbox_id, time.time() - PENDING_STALE_AFTER),
+    ).fetchone()
     if row is None:
         raise MailboxNotFound("the mailbox was deleted")
-    return int(row[0])
+    return int(row[0]) - n, int(row[1]), bool(row[2])
 
 
 def _bump_uidnext(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
