@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
 TIMEOUT = 20.0
+LITERAL_STEP = 256 << 10
+"""Bytes of a literal read per step."""
 
 
 @dataclass
@@ -72,7 +74,15 @@ class RawClient:
                 parts.append(line[:-2] if line.endswith(b"\r\n") else line)
                 return b"".join(parts)
             parts.append(line)
-            parts.append(await self.reader.readexactly(int(m.group(1))))
+            # A large literal in steps: one coroutine step copying megabytes out of the
+            # reader's buffer would count against the loop guard (50 ms).
+            left = int(m.group(1))
+            while left:
+                piece = await self.reader.readexactly(min(left, LITERAL_STEP))
+                parts.append(piece)
+                left -= len(piece)
+                if left:
+                    await asyncio.sleep(0)  # (readexactly does not yield when buffered)
 
     async def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
@@ -115,7 +125,7 @@ class RawClient:
                     await asyncio.sleep(0)  # buffered lines: let the server run too
 
     async def append(
-        self, mailbox: str, message: bytes, flags: str = "", *, chunk: int = 1 << 20
+        self, mailbox: str, message: bytes, flags: str = "", *, chunk: int = 256 << 10
     ) -> Response:
         """APPEND a (large) message: the literal is sent in chunks, never scanned."""
         tag = self.next_tag()
