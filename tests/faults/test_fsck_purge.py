@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -303,6 +304,48 @@ async def test_fsck_leaves_a_save_in_progress_alone(
     await inbox.sync()
     assert list(inbox.view.uids) == [1, 2, 3]  # saved once, not twice
     assert check_message((await contents(inbox))[3]) == ("b", 1)
+    assert (await check(user)).ok
+    await st.close()
+
+
+async def test_a_cancelled_save_keeps_its_file_locked_until_its_index_job_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session goes away while the index job of its mdbox save runs: the file stays
+    # locked until that job ended (a purge meanwhile skips it), and the job's row then
+    # points at an intact record.
+    from aiodbox.storage import mailbox as mailbox_module
+
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 3)
+    await inbox.store([1], "add", DELETED)
+    await inbox.expunge()  # a dead record: purge wants to rewrite the file
+    inside, release = threading.Event(), threading.Event()
+    original = mailbox_module._insert_saves
+
+    def held(*args: object) -> None:
+        inside.set()  # (in the index writer's thread)
+        release.wait(5)
+        original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mailbox_module, "_insert_saves", held)
+    saving = asyncio.ensure_future(inbox.save(message("b", 1)))
+    assert await asyncio.to_thread(inside.wait, 5)
+    saving.cancel()
+    await asyncio.sleep(0.05)  # the cancelled save now waits for its job
+    assert not saving.done()
+    result = await purge(user)
+    assert result.files_skipped_locked == 1 and result.files_rewritten == 0
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await saving
+    monkeypatch.setattr(mailbox_module, "_insert_saves", original)
+    await inbox.sync()
+    assert list(inbox.view.uids) == [2, 3, 4]
+    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    assert (await purge(user)).files_rewritten == 1  # unlocked once the job ended
+    assert check_message((await contents(inbox))[4]) == ("b", 1)
     assert (await check(user)).ok
     await st.close()
 
