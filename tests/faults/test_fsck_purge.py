@@ -234,41 +234,59 @@ async def test_purge_skips_a_file_being_appended_to(tmp_path: Path) -> None:
     await st.close()
 
 
+async def mdbox_inbox_with_a_dead_record(tmp_path: Path) -> tuple[Storage, User, Mailbox]:
+    """An mdbox INBOX of UIDs 2 and 3 whose file also holds UID 1's expunged record (so
+    purge wants to rewrite it)."""
+    st = storage(str(tmp_path), "mdbox")
+    user = await st.user("u")
+    inbox = await fill(user, 3)
+    await inbox.store([1], "add", DELETED)
+    await inbox.expunge()
+    return st, user, inbox
+
+
+class HeldIndexStep:
+    """Holds every save's index step until ``gate`` is set: the save's record is then
+    committed to its (locked) file, and no row points at it yet."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aiodbox.storage import mailbox as mailbox_module
+
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+        original = mailbox_module._write_in_turn
+
+        async def held(*args: object, **kw: object) -> object:
+            self.reached.set()
+            await self.gate.wait()
+            return await original(*args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(mailbox_module, "_write_in_turn", held)
+
+
+async def assert_saved_once(inbox: Mailbox, uids: list[int]) -> None:
+    """The INBOX holds ``uids``, the last one the intact message ("b", 1)."""
+    await inbox.sync()
+    assert list(inbox.view.uids) == uids
+    assert check_message((await contents(inbox))[uids[-1]]) == ("b", 1)
+
+
 async def test_purge_leaves_a_file_alone_until_the_save_in_it_is_indexed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A save's record is durable in m.N before the index transaction that points at it.
     # A purge of m.N in between (it holds dead records) must not drop that record: the
     # saver keeps the file locked until its index transaction committed.
-    from aiodbox.storage import mailbox as mailbox_module
-
-    st = storage(str(tmp_path), "mdbox")
-    user = await st.user("u")
-    inbox = await fill(user, 3)
-    await inbox.store([1], "add", DELETED)
-    await inbox.expunge()  # m.N now holds a dead record: purge wants to rewrite it
-    gate = asyncio.Event()
-    reached = asyncio.Event()
-    original = mailbox_module._write_in_turn
-
-    async def held(*args: object, **kw: object) -> object:
-        reached.set()
-        await gate.wait()  # the data is committed; the index job is not queued yet
-        return await original(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(mailbox_module, "_write_in_turn", held)
+    st, user, inbox = await mdbox_inbox_with_a_dead_record(tmp_path)
+    held = HeldIndexStep(monkeypatch)
     saving = asyncio.ensure_future(inbox.save(message("b", 1)))
-    await asyncio.wait_for(reached.wait(), 5)
+    await asyncio.wait_for(held.reached.wait(), 5)
     result = await purge(user)
     assert result.files_skipped_locked == 1 and result.files_rewritten == 0
-    gate.set()
+    held.gate.set()
     await asyncio.wait_for(saving, 5)
-    monkeypatch.setattr(mailbox_module, "_write_in_turn", original)
-    await inbox.sync()
-    assert list(inbox.view.uids) == [2, 3, 4]
-    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    await assert_saved_once(inbox, [2, 3, 4])
     assert (await purge(user)).files_rewritten == 1  # unlocked once indexed
-    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    await assert_saved_once(inbox, [2, 3, 4])
     assert (await check(user)).ok
     await st.close()
 
@@ -279,31 +297,16 @@ async def test_fsck_leaves_a_save_in_progress_alone(
     # An mdbox save takes its UID in the index job after its record is committed, with no
     # pending row: fsck must not adopt the record meanwhile (the save would then add it
     # a second time).  The save holds its file locked until its index job ended.
-    from aiodbox.storage import mailbox as mailbox_module
-
-    st = storage(str(tmp_path), "mdbox")
-    user = await st.user("u")
-    inbox = await fill(user, 2)
-    gate, reached = asyncio.Event(), asyncio.Event()
-    original = mailbox_module._write_in_turn
-
-    async def held(*args: object, **kw: object) -> object:
-        reached.set()
-        await gate.wait()  # the record is committed; its index job is not queued yet
-        return await original(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(mailbox_module, "_write_in_turn", held)
+    st, user, inbox = await mdbox_inbox_with_a_dead_record(tmp_path)
+    held = HeldIndexStep(monkeypatch)
     saving = asyncio.ensure_future(inbox.save(message("b", 1)))
-    await asyncio.wait_for(reached.wait(), 5)
+    await asyncio.wait_for(held.reached.wait(), 5)
     report = await repair(user)
     assert not any(a.startswith("adopted") for a in report.actions), report.actions
     assert any(p.detail == "a save in progress" for p in report.problems)
-    gate.set()
+    held.gate.set()
     await asyncio.wait_for(saving, 5)
-    monkeypatch.setattr(mailbox_module, "_write_in_turn", original)
-    await inbox.sync()
-    assert list(inbox.view.uids) == [1, 2, 3]  # saved once, not twice
-    assert check_message((await contents(inbox))[3]) == ("b", 1)
+    await assert_saved_once(inbox, [2, 3, 4])  # saved once, not twice
     assert (await check(user)).ok
     await st.close()
 
@@ -316,16 +319,12 @@ async def test_a_cancelled_save_keeps_its_file_locked_until_its_index_job_ended(
     # points at an intact record.
     from aiodbox.storage import mailbox as mailbox_module
 
-    st = storage(str(tmp_path), "mdbox")
-    user = await st.user("u")
-    inbox = await fill(user, 3)
-    await inbox.store([1], "add", DELETED)
-    await inbox.expunge()  # a dead record: purge wants to rewrite the file
+    st, user, inbox = await mdbox_inbox_with_a_dead_record(tmp_path)
     inside, release = threading.Event(), threading.Event()
     original = mailbox_module._insert_saves
 
     def held(*args: object) -> None:
-        inside.set()  # (in the index writer's thread)
+        inside.set()  # (in the index writer's thread: the job is running)
         release.wait(5)
         original(*args)  # type: ignore[arg-type]
 
@@ -340,12 +339,9 @@ async def test_a_cancelled_save_keeps_its_file_locked_until_its_index_job_ended(
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await saving
-    monkeypatch.setattr(mailbox_module, "_insert_saves", original)
-    await inbox.sync()
-    assert list(inbox.view.uids) == [2, 3, 4]
-    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    await assert_saved_once(inbox, [2, 3, 4])
     assert (await purge(user)).files_rewritten == 1  # unlocked once the job ended
-    assert check_message((await contents(inbox))[4]) == ("b", 1)
+    await assert_saved_once(inbox, [2, 3, 4])
     assert (await check(user)).ok
     await st.close()
 

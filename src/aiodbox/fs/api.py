@@ -440,6 +440,8 @@ class StagedFile(abc.ABC):
 
     directory: str
     size: int
+    name: str | None = None
+    """Its final name while it has one (:meth:`publish_blocking`)."""
 
     @abc.abstractmethod
     def publish_blocking(self, name: str) -> None:

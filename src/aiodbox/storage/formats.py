@@ -92,7 +92,6 @@ class StagedSave:
     imap_size: int
     file: StagedFile | None = None
     location: Location | None = None
-    name: str | None = None  # sdbox: its final name once the index job gave it one
 
 
 class SaveHandle(abc.ABC):
@@ -396,15 +395,13 @@ class SdboxFormat(MailFormat):
         assert file is not None
         name = f"u.{uid}"
         file.publish_blocking(name)
-        staged.name = name
         before_commit(("sdbox-dir", file.directory), file.sync_directory_blocking)
         return Location(staged.imap_size, file_name=name)
 
     def unname_staged_in_tx(self, staged: StagedSave) -> None:
-        if staged.name is not None:
-            assert staged.file is not None
-            staged.file.unpublish_blocking(staged.name)
-            staged.name = None
+        file = staged.file
+        if file is not None and file.name is not None:
+            file.unpublish_blocking(file.name)
 
     async def copy_files(
         self, src: MailboxInfo, dest: MailboxInfo, records: list[MailRecord], uids: list[int]

@@ -38,7 +38,14 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -467,16 +474,11 @@ class Transaction:
         except BaseException:
             await fmt.discard_committed(mbox.info, locations)
             raise
-        write = asyncio.ensure_future(_write_in_turn(user, apply, turns))
-        try:
-            return await asyncio.shield(write)
-        except asyncio.CancelledError:
-            if await _failed_in_the_end(write):
-                await fmt.discard_committed(mbox.info, locations)
-            raise
-        except BaseException:
+
+        async def discard() -> None:
             await fmt.discard_committed(mbox.info, locations)
-            raise
+
+        return await _index_step(user, apply, turns, discard)
 
     async def _commit_staged(
         self, mbox: Mailbox, user: User, fmt: Any, staged: list[StagedSave]
@@ -544,21 +546,12 @@ class Transaction:
 
         async def take_names_back() -> None:
             # The job named files, but its group was not committed.
-            for st in staged:
-                if st.name is not None:
-                    await fmt.discard_committed(mbox.info, [Location(0, file_name=st.name)])
-                    st.name = None
+            named = [st.file.name for st in staged if st.file is not None and st.file.name]
+            if named:
+                await fmt.discard_committed(mbox.info, [Location(0, file_name=n) for n in named])
 
-        write = asyncio.ensure_future(_write_in_turn(user, apply, []))
         try:
-            saved_uids, modseq, modified = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            if await _failed_in_the_end(write):
-                await take_names_back()
-            raise
-        except BaseException:
-            await take_names_back()
-            raise
+            saved_uids, modseq, modified = await _index_step(user, apply, [], take_names_back)
         finally:
             for st in staged:
                 if st.file is not None:
@@ -573,12 +566,30 @@ class Transaction:
 _StagedOutcome = tuple[list[int], int, list[int]]
 
 
-async def _failed_in_the_end(write: asyncio.Future[Any]) -> bool:
-    """The caller was cancelled while ``write`` (its index step, shielded) was under way:
-    wait until that ended, and tell whether it failed.  Until then nothing may be
-    cleaned up or released: the job may still commit rows that point at the data."""
-    await asyncio.wait([write])
-    return write.cancelled() or write.exception() is not None
+async def _index_step(
+    user: User,
+    apply: Callable[[sqlite3.Connection, bool], _T],
+    turns: list[tuple[int, int]],
+    undo: Callable[[], Awaitable[None]],
+) -> _T:
+    """Run ``apply`` as a commit's index step (:func:`_write_in_turn`); if it fails,
+    ``undo`` what the commit wrote before it.
+
+    A caller cancelled meanwhile (a client gone mid-APPEND) waits until the job ended:
+    the job may still commit rows that point at the data, so only its real outcome may
+    decide whether to undo (or to release what it holds); the cancellation is re-raised
+    after."""
+    write = asyncio.ensure_future(_write_in_turn(user, apply, turns))
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await asyncio.wait([write])
+        if write.cancelled() or write.exception() is not None:
+            await undo()
+        raise
+    except BaseException:
+        await undo()
+        raise
 
 
 def _unname_all(fmt: Any, staged: list[StagedSave]) -> None:
@@ -588,7 +599,7 @@ def _unname_all(fmt: Any, staged: list[StagedSave]) -> None:
         try:
             fmt.unname_staged_in_tx(st)
         except OSError as e:
-            log.error("cannot take back %s after a failed save: %s", st.name, e)
+            log.error("cannot take back %s after a failed save: %s", st.file and st.file.name, e)
 
 
 def _insert_saves(
